@@ -1,0 +1,239 @@
+"""Recipes: TOML files mapped onto dataclasses, validated before any work starts.
+
+Recipe keys equal constructor argument names. Unknown keys, wrong types and out-of-range values
+are errors naming the file, the section and the key (with a "did you mean" suggestion).
+Overrides: ``--set train.lr=3e-4`` (values parsed as TOML, bare words as strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqaudio.errors import VqaudioError
+
+
+@dataclass
+class DataConfig:
+    folders: list[str] = field(default_factory=lambda: ["../data/fsdd"])  # relative to the recipe
+    sample_rate: int = 8000
+    segment_seconds: float = 0.5  # length of the random training crops
+    val_regex: str = r"_[0-4]\.wav$"  # file names that form the validation split ("" = hash split)
+    val_fraction: float = 0.1  # used only when val_regex is ""
+    max_files: int = 0  # 0 = every file; a small number for quick checks
+    label_regex: str = ""  # first group of this regex on the file name is the label (prior)
+
+
+@dataclass
+class ModelConfig:
+    channels: int = 16  # width of the full-rate layers; doubled after every stride
+    strides: list[int] = field(default_factory=lambda: [4, 4, 4])  # their product must be hop
+    hop: int = 64  # samples per code frame (8 kHz / 64 = 125 frames per second)
+    latent_dim: int = 64  # D, the size of the vectors that are quantized
+    res_blocks: int = 2  # dilated residual blocks (dilations 1, 3, 9, …) per stage
+    max_channels: int = 256
+
+
+@dataclass
+class QuantizerConfig:
+    kind: str = "ema"  # "ema" | "gradient"
+    num_codes: int = 512  # K per level
+    levels: int = 5  # residual VQ levels
+    dropout: bool = True  # quantizer dropout: one model serves 1..levels levels
+    beta: float = 0.25
+    decay: float = 0.99
+    eps: float = 1e-5
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    restart_after: int = 50  # steps unused before a code is re-seeded (0 = never)
+    cosine: bool = False
+    code_dim: int = 0  # 0 = quantize in latent_dim itself
+
+
+@dataclass
+class LossConfig:
+    l1: float = 1.0
+    stft: float = 1.0
+    mel: float = 1.0
+    quantizer: float = 1.0  # weight of the quantizer's commitment (+ codebook) loss
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 25
+    val_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    num_threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass
+class Recipe:
+    name: str = "speech"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = field(default="", metadata={"internal": True})  # the recipe file, for messages
+
+    def resolve(self, path: str) -> Path:
+        """A data path from the recipe: relative paths are relative to the recipe's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() or not self.source else Path(self.source).parent / p
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a TOML recipe. Errors are VqaudioError lines."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "it is a folder" if path.is_dir() else "no such file"
+        raise VqaudioError(f"recipe {path}: {hint}; pass a .toml recipe such as recipes/speech.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise VqaudioError(f"recipe {path}: not valid TOML ({e})") from None
+    for item in overrides:
+        _apply_override(raw, item, path)
+    recipe = from_dict(raw, str(path))
+    recipe.source = str(path)
+    validate(recipe)
+    return recipe
+
+
+def from_dict(raw: dict[str, Any], where: str = "config") -> Recipe:
+    return _build(Recipe, raw, where, section="")
+
+
+def _apply_override(raw: dict, item: str, path: Path) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise VqaudioError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # bare words are strings: --set name=my_run
+    *sections, leaf = key.strip().split(".")
+    node = raw
+    for s in sections:
+        node = node.setdefault(s, {})
+        if not isinstance(node, dict):
+            raise VqaudioError(f"--set {item!r}: {s} is not a section")
+    node[leaf] = value
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{hint}; valid keys: {', '.join(choices)}"
+
+
+def _build(cls, raw: dict[str, Any], where: str, section: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        label = f"{section}.{key}" if section else key
+        if key not in fields:
+            kind = "section or key" if not section else "key"
+            raise VqaudioError(f"recipe {where}: unknown {kind} '{label}'"
+                               + _suggest(key, list(fields)))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise VqaudioError(f"recipe {where}: '{label}' must be a [{key}] section")
+            kwargs[key] = _build(hint, value, where, label)
+        else:
+            kwargs[key] = _check_type(value, hint, where, label)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, where: str, label: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise VqaudioError(f"recipe {where}: '{label}' must be a list of {item.__name__}, "
+                               f"got {value!r}")
+        return [_check_type(v, item, where, label) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported recipe type {hint}")  # keep recipe types simple
+    ok = (isinstance(value, hint) and not (hint is int and isinstance(value, bool))) or (
+        hint is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise VqaudioError(f"recipe {where}: '{label}' must be {hint.__name__}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def validate(r: Recipe) -> None:
+    """Range checks that types alone cannot express."""
+    def bad(label: str, why: str) -> VqaudioError:
+        return VqaudioError(f"recipe {r.source or 'config'}: '{label}' {why}")
+
+    positive = {
+        "data.sample_rate": r.data.sample_rate, "data.segment_seconds": r.data.segment_seconds,
+        "model.channels": r.model.channels, "model.latent_dim": r.model.latent_dim,
+        "model.max_channels": r.model.max_channels, "quantizer.levels": r.quantizer.levels,
+        "train.steps": r.train.steps, "train.batch_size": r.train.batch_size,
+        "train.lr": r.train.lr, "train.log_every": r.train.log_every,
+        "train.val_every": r.train.val_every, "train.checkpoint_every": r.train.checkpoint_every,
+        "train.keep_checkpoints": r.train.keep_checkpoints, "quantizer.kmeans_iters": r.quantizer.kmeans_iters,
+    }
+    for label, value in positive.items():
+        if not value > 0:
+            raise bad(label, f"must be positive, got {value}")
+    non_negative = {
+        "model.res_blocks": r.model.res_blocks, "quantizer.beta": r.quantizer.beta,
+        "quantizer.restart_after": r.quantizer.restart_after, "quantizer.code_dim": r.quantizer.code_dim,
+        "train.warmup_steps": r.train.warmup_steps, "train.grad_clip": r.train.grad_clip,
+        "train.weight_decay": r.train.weight_decay, "train.num_threads": r.train.num_threads,
+        "data.max_files": r.data.max_files, "loss.l1": r.loss.l1, "loss.stft": r.loss.stft,
+        "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
+    }
+    for label, value in non_negative.items():
+        if value < 0:
+            raise bad(label, f"must not be negative, got {value}")
+    if not r.model.strides or any(s < 2 for s in r.model.strides):
+        raise bad("model.strides", f"must be a non-empty list of integers >= 2, got {r.model.strides}")
+    if math.prod(r.model.strides) != r.model.hop:
+        raise bad("model.strides", f"multiply to {math.prod(r.model.strides)}, "
+                  f"but model.hop is {r.model.hop}; make their product equal the hop")
+    if r.quantizer.kind not in ("ema", "gradient"):
+        raise bad("quantizer.kind", f"must be 'ema' or 'gradient', got {r.quantizer.kind!r}")
+    if r.quantizer.num_codes < 2:
+        raise bad("quantizer.num_codes", f"must be at least 2, got {r.quantizer.num_codes}")
+    if not 0 < r.quantizer.decay < 1:
+        raise bad("quantizer.decay", f"must be between 0 and 1, got {r.quantizer.decay}")
+    if not 0 < r.data.val_fraction < 1:
+        raise bad("data.val_fraction", f"must be between 0 and 1, got {r.data.val_fraction}")
+    if r.data.segment_seconds * r.data.sample_rate < r.model.hop:
+        raise bad("data.segment_seconds", f"gives fewer samples than one hop ({r.model.hop})")
+    if not r.name or "/" in r.name:
+        raise bad("name", f"must be a plain folder name, got {r.name!r}")
+    if not r.data.folders:
+        raise bad("data.folders", "must name at least one folder of audio files")
+    for folder in r.data.folders:
+        if not r.resolve(folder).exists():
+            raise bad("data.folders", f"names {folder!r}, which does not exist "
+                      f"(looked at {r.resolve(folder)}); paths are relative to the recipe file")

@@ -1,0 +1,1 @@
+"""Encoders and decoders: audio (1-D) and image (2-D)."""

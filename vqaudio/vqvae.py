@@ -1,0 +1,53 @@
+"""VQVAE(encoder, quantizer, decoder): the same seam for audio (B,1,T) and images (B,C,H,W).
+
+The quantizer sees channels-last ``(B, *S, D)``; ``movedim(1, -1)`` and back is the same call
+for sequences and grids. Codes are ``(B, *S)`` or, with residual VQ, ``(B, *S, levels)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqaudio.quantizer import Quantized
+
+
+class VQVAEOutput(NamedTuple):
+    x_hat: Tensor  # same shape as the input
+    q: Quantized  # codes, quantizer loss, perplexity, codes used
+
+
+class VQVAE(nn.Module):
+    """An autoencoder with a discrete bottleneck.
+
+    ``hop``: for audio, the encoder's total stride. Inputs are zero-padded at the end to a
+    multiple of it and outputs cropped back, so decode(encode(x)) has exactly x's length.
+    """
+
+    def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module, hop: int = 1):
+        super().__init__()
+        self.encoder, self.quantizer, self.decoder, self.hop = encoder, quantizer, decoder, hop
+
+    def _pad(self, x: Tensor) -> Tensor:
+        extra = -x.shape[-1] % self.hop
+        return F.pad(x, (0, extra)) if extra else x
+
+    def quantize(self, x: Tensor, levels: int | None = None) -> Quantized:
+        z = self.encoder(self._pad(x)).movedim(1, -1)  # (B, *S, D)
+        return self.quantizer(z, levels) if levels else self.quantizer(z)
+
+    def forward(self, x: Tensor, levels: int | None = None) -> VQVAEOutput:
+        q = self.quantize(x, levels)
+        x_hat = self.decoder(q.z_q.movedim(-1, 1))
+        return VQVAEOutput(x_hat[..., : x.shape[-1]], q)
+
+    def encode(self, x: Tensor, levels: int | None = None) -> Tensor:
+        """Codes for ``x``: (B, *S) or (B, *S, levels)."""
+        return self.quantize(x, levels).codes
+
+    def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
+        """Reconstruction from codes; ``length`` crops audio back to its original samples."""
+        x_hat = self.decoder(self.quantizer.lookup(codes).movedim(-1, 1))
+        return x_hat if length is None else x_hat[..., :length]
