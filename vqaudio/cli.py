@@ -6,6 +6,7 @@ Nothing here imports torch at module level, so ``vqaudio --help`` and ``--versio
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -52,38 +53,124 @@ def _run(fn: Callable[[], object]) -> None:
         raise typer.Exit(130)
 
 
-def _not_yet(name: str) -> None:
-    raise VqaudioError(f"'vqaudio {name}' is not available yet in this version")
+def _not_yet(name: str, issue: str) -> None:
+    raise VqaudioError(f"'vqaudio {name}' is not available yet in this version ({issue})")
+
+
+Paths = Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.",
+                                             show_default=False)]
+ModelOpt = Annotated[Optional[Path], typer.Option(
+    "--model", "-m", help="Model folder or training run folder (default: the pretrained model).")]
+BitrateOpt = Annotated[Optional[float], typer.Option(
+    "--bitrate", "-b", help="Use the most quantizer levels whose bitrate is at most this (kb/s).")]
+LevelsOpt = Annotated[Optional[int], typer.Option(
+    "--levels", "-l", help="Use this many quantizer levels (default: all).")]
 
 
 @app.command(help="Train a recipe: the VQ-VAE, then its prior.")
-def train() -> None:
-    _run(lambda: _not_yet("train"))
+def train(
+    recipe: Annotated[Path, typer.Argument(help="A TOML recipe, e.g. recipes/speech.toml.")],
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", "-s", help="Override a recipe value: section.key=value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run folder (default: runs/<recipe name>).")] = None,
+    stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae.")] = "all",
+) -> None:
+    def go():
+        from vqaudio.config import load_recipe
+        from vqaudio.train import train_recipe
+
+        r = load_recipe(recipe, set_ or [])
+        run_dir = train_recipe(r, out, stage)
+        typer.echo(f"trained {r.name}: model in {run_dir / 'vqvae'}, TensorBoard logs in {run_dir / 'tb'}")
+        typer.echo(f"try: vqaudio resynth some.wav --model {run_dir}")
+    _run(go)
 
 
 @app.command(help="Encode and decode audio files through a model; write the reconstructions.")
-def resynth() -> None:
-    _run(lambda: _not_yet("resynth"))
+def resynth(
+    inputs: Paths,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Output file (one input) or folder (several inputs or a folder).")] = None,
+    model: ModelOpt = None,
+    bitrate: BitrateOpt = None,
+    levels: LevelsOpt = None,
+    input_rate: Annotated[bool, typer.Option(
+        "--input-rate", help="Write at the input's sample rate instead of the model's.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
+) -> None:
+    def go():
+        from vqaudio.resynth import resynth_paths
+
+        for result in resynth_paths(inputs, output, model, bitrate, levels, input_rate,
+                                    progress=not json_):
+            typer.echo(_json(result) if json_ else
+                       f"{result['output']}: {result['duration_s']:.2f} s at "
+                       f"{result['bitrate_kbps']:.3g} kb/s ({result['levels']} levels), "
+                       f"SI-SNR {result['si_snr_db']:.2f} dB, mel distance {result['mel_distance']:.3f}")
+    _run(go)
 
 
 @app.command(help="Generate new audio from a model's prior.")
 def sample() -> None:
-    _run(lambda: _not_yet("sample"))
+    _run(lambda: _not_yet("sample", "the audio prior is not built yet"))
 
 
 @app.command(help="Encode an audio file to a codes file (.npz).")
-def encode() -> None:
-    _run(lambda: _not_yet("encode"))
+def encode(
+    input_: Annotated[Path, typer.Argument(help="An audio file.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The codes file to write (.npz).")],
+    model: ModelOpt = None,
+    bitrate: BitrateOpt = None,
+    levels: LevelsOpt = None,
+) -> None:
+    def go():
+        from vqaudio.resynth import encode_path
+
+        r = encode_path(input_, output, model, bitrate, levels)
+        typer.echo(f"{r['output']}: {r['frames']} frames x {r['levels']} levels "
+                   f"({r['bitrate_kbps']:.3g} kb/s) for {r['duration_s']:.2f} s")
+    _run(go)
 
 
 @app.command(help="Decode a codes file (.npz) back to audio.")
-def decode() -> None:
-    _run(lambda: _not_yet("decode"))
+def decode(
+    codes: Annotated[Path, typer.Argument(help="A codes file from 'vqaudio encode'.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The WAV file to write.")],
+    model: ModelOpt = None,
+) -> None:
+    def go():
+        from vqaudio.resynth import decode_path
+
+        r = decode_path(codes, output, model)
+        typer.echo(f"{r['output']}: {r['duration_s']:.2f} s at {r['sample_rate']} Hz")
+    _run(go)
 
 
-@app.command(name="eval", help="Measure a model on a data folder: quality, bitrate, code use.")
-def eval_() -> None:
-    _run(lambda: _not_yet("eval"))
+@app.command(name="eval", help="Measure a model on audio files: quality, bitrate, code use.")
+def eval_(
+    inputs: Paths,
+    model: ModelOpt = None,
+    bitrate: BitrateOpt = None,
+    levels: LevelsOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    def go():
+        from vqaudio.resynth import evaluate_paths
+
+        summary = evaluate_paths(inputs, model, bitrate, levels)
+        if json_:
+            typer.echo(_json(summary))
+        else:
+            for k, v in summary.items():
+                typer.echo(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+    _run(go)
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, default=str)
 
 
 def main() -> None:

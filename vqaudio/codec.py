@@ -1,0 +1,172 @@
+"""Using a trained audio VQ-VAE: resynthesis, encoding to a codes file, decoding one.
+
+Long audio is processed in overlapping chunks (each chunk sees ``CONTEXT_SECONDS`` of
+neighbouring audio on both sides, wider than the model's receptive field, and only its centre
+is kept), so memory does not grow with duration and the result matches one-shot processing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqaudio.build import load_audio_vqvae
+from vqaudio.errors import VqaudioError
+from vqaudio.vqvae import VQVAE
+
+CHUNK_SECONDS = 10.0
+CONTEXT_SECONDS = 0.5
+PRETRAINED = Path(__file__).parent / "pretrained" / "speech"
+
+
+@dataclass
+class Codec:
+    model: VQVAE
+    config: dict
+    path: Path
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config["sample_rate"]
+
+    @property
+    def hop(self) -> int:
+        return self.config["hop"]
+
+    @property
+    def max_levels(self) -> int:
+        return self.config["levels"]
+
+    def bitrate(self, levels: int) -> float:
+        """Bits per second at ``levels`` quantizer levels: frames/s × levels × log2 K."""
+        return self.config["frames_per_second"] * levels * math.log2(self.config["num_codes"])
+
+    def pick_levels(self, bitrate_kbps: float | None = None, levels: int | None = None) -> int:
+        """``levels`` as given, or the most levels whose bitrate is at most ``bitrate_kbps``."""
+        if bitrate_kbps is not None and levels is not None:
+            raise VqaudioError("give either --bitrate or --levels, not both")
+        if levels is not None:
+            if not 1 <= levels <= self.max_levels:
+                raise VqaudioError(f"--levels must be between 1 and {self.max_levels} for this model")
+            return levels
+        if bitrate_kbps is not None:
+            fitting = [n for n in range(1, self.max_levels + 1) if self.bitrate(n) <= bitrate_kbps * 1000]
+            if not fitting:
+                raise VqaudioError(f"--bitrate {bitrate_kbps} kb/s is below this model's lowest "
+                                   f"bitrate, {self.bitrate(1) / 1000:.3g} kb/s (1 level)")
+            return fitting[-1]
+        return self.max_levels
+
+    # -- array-level operations (mono float32 at the model rate) ------------------------------
+    def _chunk(self) -> tuple[int, int]:
+        hop, sr = self.hop, self.sample_rate
+        return (round(CHUNK_SECONDS * sr / hop) * hop, max(1, round(CONTEXT_SECONDS * sr / hop)) * hop)
+
+    @torch.no_grad()
+    def resynth(self, wav: np.ndarray, levels: int) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+        fn = lambda seg: self.model(seg[None, None], levels=levels).x_hat[0, 0]
+        return chunked(fn, x, *self._chunk(), ratio=(1, 1)).numpy()
+
+    @torch.no_grad()
+    def encode(self, wav: np.ndarray, levels: int) -> np.ndarray:
+        """Codes (frames, levels) int64 for a mono waveform."""
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+        fn = lambda seg: self.model.encode(seg[None, None], levels=levels)[0]
+        return chunked(fn, x, *self._chunk(), ratio=(1, self.hop)).numpy()
+
+    @torch.no_grad()
+    def decode(self, codes: np.ndarray, length: int) -> np.ndarray:
+        c = torch.from_numpy(np.asarray(codes, dtype=np.int64))
+        chunk, context = self._chunk()
+        fn = lambda seg: self.model.decode(seg[None])[0, 0]
+        out = chunked(fn, c, chunk // self.hop, context // self.hop, ratio=(self.hop, 1))
+        return out[:length].numpy()
+
+
+def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int, context: int,
+            ratio: tuple[int, int]) -> Tensor:
+    """Apply ``fn`` along the first axis of ``x`` in chunks with ``context`` on both sides.
+
+    ``fn`` maps n input steps to n·ratio[0]/ratio[1] output steps (rounded up). Chunk and
+    context are multiples of ratio[1], so chunk borders fall on whole output steps.
+    """
+    up, down = ratio
+    n = x.shape[0]
+    pieces = []
+    for start in range(0, max(n, 1), chunk):
+        lo, hi = max(0, start - context), min(n, start + chunk + context)
+        y = fn(x[lo:hi])
+        keep = min(chunk, n - start)
+        a = (start - lo) * up // down
+        pieces.append(y[a: a + -(-keep * up // down)])
+    return torch.cat(pieces)
+
+
+# -- model directories ------------------------------------------------------------------------
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """A model folder, a training run folder (its ``vqvae/``), or None for the default: the
+    pretrained model shipped in the package."""
+    if model is None:
+        if (PRETRAINED / "vqvae" / "config.json").is_file():
+            return PRETRAINED / "vqvae"
+        raise VqaudioError("no model given and no pretrained model is installed; train one with "
+                           "'vqaudio train recipes/speech.toml' and pass --model runs/speech")
+    path = Path(model)
+    if (path / "vqvae" / "config.json").is_file():
+        return path / "vqvae"
+    return path
+
+
+def load_codec(model: str | Path | None) -> Codec:
+    path = resolve_model_dir(model)
+    net, config = load_audio_vqvae(path)
+    return Codec(net, config, path)
+
+
+# -- codes files --------------------------------------------------------------------------------
+
+def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int) -> None:
+    """An .npz holding the codes and what decoding needs: model id, rate, hop, length."""
+    from vqaudio.atomic import atomic_path
+
+    meta = {"model_id": codec.config["model_id"], "sample_rate": codec.sample_rate,
+            "hop": codec.hop, "length": int(length), "num_codes": codec.config["num_codes"]}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, codes=codes.astype(np.int16 if codec.config["num_codes"] <= 32767 else np.int32),
+                     meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+
+
+def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int]:
+    """Codes (frames, levels) and the original length; checks they belong to ``codec``."""
+    path = Path(path)
+    if not path.is_file():
+        raise VqaudioError(f"{path}: no such codes file; make one with 'vqaudio encode IN -o {path.name}'")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            codes, meta = data["codes"], json.loads(data["meta"].tobytes().decode())
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VqaudioError(f"{path}: not a vqaudio codes file ({type(e).__name__}); "
+                           "make one with 'vqaudio encode'") from None
+    if meta.get("model_id") != codec.config["model_id"]:
+        raise VqaudioError(f"{path}: these codes come from another model (id {meta.get('model_id')}, "
+                           f"this model is {codec.config['model_id']}); decode with the model that "
+                           "encoded them (--model)")
+    if codes.ndim != 2 or not 1 <= codes.shape[1] <= codec.max_levels:
+        raise VqaudioError(f"{path}: codes have shape {codes.shape}, expected (frames, 1..{codec.max_levels})")
+    if codes.size and (codes.min() < 0 or codes.max() >= codec.config["num_codes"]):
+        raise VqaudioError(f"{path}: codes out of range 0..{codec.config['num_codes'] - 1}; the file is corrupt")
+    length = int(meta.get("length", 0))
+    if not 0 < length <= codes.shape[0] * codec.hop:
+        raise VqaudioError(f"{path}: stored length {length} does not match {codes.shape[0]} frames")
+    return codes.astype(np.int64), length
+

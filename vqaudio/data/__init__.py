@@ -1,0 +1,1 @@
+"""Datasets that turn files on disk into training tensors."""

@@ -1,0 +1,184 @@
+"""Reconstruction losses for waveforms ``(B, 1, T)``: L1, multi-resolution STFT and multi-scale
+mel, named and weighted by a dict (as in DAC, arXiv:2306.06546 §3.4).
+
+Every loss runs in float32 with autocast off: log magnitudes of half-precision spectra lose
+the quiet bins that the log is there to weigh. Windows and mel filterbanks are non-persistent
+buffers, so they follow ``.to(device)`` but never enter a checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import Tensor, nn
+
+TERMS = ("l1", "stft", "mel")
+LOG_FLOOR = 1e-5  # magnitudes are clamped here before the log: silence costs a bounded amount
+
+
+def _frames(x: Tensor) -> Tensor:
+    """(B, 1, T) or (..., T) -> (N, T) float32."""
+    return x.reshape(-1, x.shape[-1]).float()
+
+
+class _Magnitude(nn.Module):
+    """|STFT| of (N, T) waveforms -> (N, n_fft // 2 + 1, frames), Hann window, hop given."""
+
+    def __init__(self, n_fft: int, hop: int):
+        super().__init__()
+        if n_fft < 2 or hop < 1:
+            raise ValueError(f"n_fft must be >= 2 and hop >= 1, got n_fft={n_fft}, hop={hop}")
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Zero (not reflect) padding at the edges: works for clips shorter than n_fft / 2.
+        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True,
+                          pad_mode="constant", return_complex=True)
+        return spec.abs()  # autograd takes d|z|/dz = 0 at z = 0: silence gives no NaN
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> Tensor:
+    """(n_fft // 2 + 1, n_mels) triangular HTK-mel filters over 0 .. sample_rate / 2, peak 1.
+
+    Raises ValueError when a filter covers no FFT bin (too many mels for this n_fft and rate).
+    """
+    with warnings.catch_warnings():  # torchaudio only warns about empty filters; we raise below
+        warnings.filterwarnings("ignore", message="At least one mel filterbank has all zero")
+        fb = torchaudio.functional.melscale_fbanks(
+            n_fft // 2 + 1, f_min=0.0, f_max=sample_rate / 2, n_mels=n_mels,
+            sample_rate=sample_rate, norm=None, mel_scale="htk")
+    empty = int((fb.max(dim=0).values == 0).sum())
+    if empty:
+        raise ValueError(f"{n_mels} mels with n_fft={n_fft} at {sample_rate} Hz leave {empty} "
+                         "filters without an FFT bin: use fewer mels or a larger n_fft")
+    return fb
+
+
+class _Spectral(nn.Module):
+    """Holds one ``_Magnitude`` per resolution; forward = ``from_magnitudes`` on both inputs.
+    ReconstructionLoss hands the same magnitudes to the STFT and mel terms when their
+    resolutions match, so each waveform is transformed once per step."""
+
+    specs: nn.ModuleList
+
+    @property
+    def resolutions(self) -> list[tuple[int, int]]:
+        return [(s.n_fft, s.hop) for s in self.specs]
+
+    def magnitudes(self, x: Tensor) -> list[Tensor]:
+        """(B, 1, T) -> one (N, F, frames) float32 magnitude per resolution."""
+        x = _frames(x)
+        return [spec(x) for spec in self.specs]
+
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.from_magnitudes(self.magnitudes(x_hat), self.magnitudes(x))
+
+
+class MultiResolutionSTFTLoss(_Spectral):
+    """Mean over FFT sizes of spectral convergence + L1 of log magnitudes.
+
+    arXiv:1910.11480 (Parallel WaveGAN) §2.3. Hop = ``n_fft * hop_fraction``, Hann window.
+    forward(x_hat, x): two (B, 1, T) waveforms -> () scalar, 0 for identical inputs.
+    """
+
+    def __init__(self, fft_sizes: Sequence[int] = (128, 256, 512), hop_fraction: float = 0.25):
+        super().__init__()
+        if not fft_sizes:
+            raise ValueError("fft_sizes must name at least one FFT size")
+        self.specs = nn.ModuleList(_Magnitude(n, max(1, int(n * hop_fraction))) for n in fft_sizes)
+
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
+        total = 0.0
+        for a_hat, a in zip(s_hat, s):  # (N, F, frames) each
+            # ||S - Ŝ||_F / ||S||_F over the whole batch; the floor keeps silence finite.
+            sc = torch.linalg.vector_norm(a - a_hat) / torch.linalg.vector_norm(a).clamp_min(1e-7)
+            log_mag = F.l1_loss(a_hat.clamp_min(LOG_FLOOR).log(), a.clamp_min(LOG_FLOOR).log())
+            total = total + sc + log_mag
+        return total / len(s)
+
+
+class MultiScaleMelLoss(_Spectral):
+    """Mean over scales of the L1 distance between log mel magnitude spectrograms.
+
+    Scale i uses ``fft_sizes[i]`` (hop n_fft / 4) and ``n_mels[i]`` HTK-mel filters over
+    0 .. sample_rate / 2; every filter must cover an FFT bin (checked here).
+    forward(x_hat, x): two (B, 1, T) waveforms -> () scalar, 0 for identical inputs.
+    """
+
+    def __init__(self, sample_rate: int, fft_sizes: Sequence[int] = (128, 256, 512),
+                 n_mels: Sequence[int] = (16, 32, 64)):
+        super().__init__()
+        if len(fft_sizes) != len(n_mels) or not fft_sizes:
+            raise ValueError(f"fft_sizes {tuple(fft_sizes)} and n_mels {tuple(n_mels)} must be "
+                             "non-empty and of the same length (one mel count per FFT size)")
+        self.specs = nn.ModuleList(_Magnitude(n, max(1, n // 4)) for n in fft_sizes)
+        for i, (n_fft, m) in enumerate(zip(fft_sizes, n_mels)):
+            self.register_buffer(f"fbank{i}", mel_filterbank(n_fft, m, sample_rate),
+                                 persistent=False)
+
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
+        total = 0.0
+        for i, (a_hat, a) in enumerate(zip(s_hat, s)):
+            fb = getattr(self, f"fbank{i}")  # (F, n_mels)
+            # (N, F, frames) -> (N, frames, n_mels): one matmul applies every filter.
+            m_hat = (a_hat.transpose(1, 2) @ fb).clamp_min(LOG_FLOOR).log()
+            m = (a.transpose(1, 2) @ fb).clamp_min(LOG_FLOOR).log()
+            total = total + F.l1_loss(m_hat, m)
+        return total / len(s)
+
+
+class ReconstructionLoss(nn.Module):
+    """Weighted sum of named reconstruction terms: ``l1`` (waveform), ``stft``, ``mel``.
+
+    ``weights`` maps term names to weights; names left out weigh 0, and terms of weight 0 are
+    neither built nor computed. forward(x_hat, x) on (B, 1, T) waveforms returns
+    ``(total, terms)``: total = Σ weight · term, terms = {name: unweighted () scalar} for the
+    non-zero terms only.
+    """
+
+    def __init__(self, sample_rate: int, weights: Mapping[str, float],
+                 fft_sizes: Sequence[int] = (128, 256, 512), n_mels: Sequence[int] = (16, 32, 64)):
+        super().__init__()
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise ValueError(f"unknown loss weight(s) {', '.join(unknown)}; "
+                             f"valid names: {', '.join(TERMS)}")
+        negative = [k for k, w in weights.items() if w < 0]
+        if negative:
+            raise ValueError(f"loss weights must be >= 0, got {', '.join(negative)} < 0")
+        self.weights = {k: float(w) for k in TERMS if (w := weights.get(k, 0.0)) != 0}
+        if not self.weights:
+            raise ValueError(f"every loss weight is 0: give at least one of {', '.join(TERMS)}")
+        self.stft = MultiResolutionSTFTLoss(fft_sizes) if "stft" in self.weights else None
+        self.mel = (MultiScaleMelLoss(sample_rate, fft_sizes, n_mels)
+                    if "mel" in self.weights else None)
+
+    def forward(self, x_hat: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if x_hat.shape != x.shape:
+            raise ValueError(f"x_hat {tuple(x_hat.shape)} and x {tuple(x.shape)} differ in shape")
+        with torch.autocast(x.device.type, enabled=False):
+            terms: dict[str, Tensor] = {}
+            if "l1" in self.weights:
+                terms["l1"] = F.l1_loss(x_hat.float(), x.float())
+            shared = (self.stft is not None and self.mel is not None
+                      and self.stft.resolutions == self.mel.resolutions)
+            if shared:  # the default: one STFT of each waveform serves both terms
+                s_hat, s = self.stft.magnitudes(x_hat), self.stft.magnitudes(x)
+                terms["stft"] = self.stft.from_magnitudes(s_hat, s)
+                terms["mel"] = self.mel.from_magnitudes(s_hat, s)
+            else:
+                if self.stft is not None:
+                    terms["stft"] = self.stft(x_hat, x)
+                if self.mel is not None:
+                    terms["mel"] = self.mel(x_hat, x)
+            total = sum(self.weights[k] * v for k, v in terms.items())
+        return total, terms

@@ -1,0 +1,232 @@
+"""File-level commands of a trained codec: resynth, encode, decode, eval.
+
+Files are streamed in overlapping blocks (``codec.CHUNK_SECONDS`` kept per block, with
+``CONTEXT_SECONDS`` of context on each side), so an hour of audio needs no more memory than
+a few seconds. Outputs are written to a temporary file and renamed: an error never leaves a
+partial file behind.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from tqdm import tqdm
+
+from vqaudio.atomic import atomic_path
+from vqaudio.audio_io import audio_info, list_audio_files, read_audio_blocks
+from vqaudio.codec import CHUNK_SECONDS, CONTEXT_SECONDS, Codec, load_codec, load_codes, save_codes
+from vqaudio.errors import VqaudioError
+from vqaudio.metrics import mel_distance
+
+PROGRESS_SECONDS = 30.0  # show a progress bar for inputs longer than this
+
+
+class SiSnr:
+    """Scale-invariant SNR (dB, means removed) accumulated over blocks, exact for the whole
+    signal: it needs only the sums of r, e, r², e² and r·e."""
+
+    def __init__(self):
+        self.n = 0
+        self.s = np.zeros(5)  # Σr, Σe, Σr², Σe², Σre
+
+    def add(self, ref: np.ndarray, est: np.ndarray) -> None:
+        r, e = ref.astype(np.float64), est.astype(np.float64)
+        self.n += r.size
+        self.s += [r.sum(), e.sum(), r @ r, e @ e, r @ e]
+
+    def value(self) -> float:
+        n = max(self.n, 1)
+        sr, se, srr, see, sre = self.s
+        cov, var_r, var_e = sre - sr * se / n, srr - sr * sr / n, see - se * se / n
+        if var_r <= 1e-12:
+            return float("nan")  # silent reference: SI-SNR is undefined
+        target = cov * cov / var_r
+        noise = max(var_e - target, 1e-12)
+        return float(10 * np.log10(max(target, 1e-12) / noise))
+
+
+def _blocks(codec: Codec, path: Path) -> Iterator[tuple[np.ndarray, int, int]]:
+    """(block at the model rate, keep_start, keep_end): the kept parts tile the signal."""
+    sr, hop = codec.sample_rate, codec.hop
+    chunk = round(CHUNK_SECONDS * sr / hop) * hop
+    context = max(1, round(CONTEXT_SECONDS * sr / hop)) * hop
+    for k, block in enumerate(read_audio_blocks(path, chunk + 2 * context, 2 * context, sr)):
+        yield block, (0 if k == 0 else context), min(len(block), chunk + context)
+
+
+def _progress(path: Path, codec: Codec, show: bool):
+    frames, rate, _ = audio_info(path)
+    seconds = frames / rate
+    chunk = round(CHUNK_SECONDS * codec.sample_rate / codec.hop) * codec.hop / codec.sample_rate
+    return tqdm(total=math.ceil(seconds / chunk), desc=path.name, unit="chunk", leave=False,
+                disable=not show or seconds <= PROGRESS_SECONDS), seconds, rate
+
+
+def _check_output(src: Path, dst: Path) -> None:
+    if dst.suffix.lower() != ".wav":
+        raise VqaudioError(f"{dst}: output must be a .wav file")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise VqaudioError(f"{dst}: the output would overwrite the input; choose another -o")
+    if dst.is_dir():
+        raise VqaudioError(f"{dst} is a folder; give a file name ending in .wav")
+    if not dst.parent.is_dir():
+        raise VqaudioError(f"{dst.parent}: output folder does not exist; create it first")
+
+
+def _open_wav(tmp: Path, rate: int):
+    return sf.SoundFile(tmp, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV")
+
+
+def resynth_file(codec: Codec, src: Path, dst: Path, levels: int, input_rate: bool = False,
+                 progress: bool = True) -> dict:
+    """Encode and decode ``src`` through ``codec``; write ``dst`` (WAV at the model rate, or at
+    the input's rate with ``input_rate``). Returns duration, bitrate and quality metrics
+    measured against the input at the model rate."""
+    _check_output(src, dst)
+    bar, seconds, rate = _progress(src, codec, progress)
+    out_rate = rate if input_rate else codec.sample_rate
+    resampler = (soxr.ResampleStream(codec.sample_rate, out_rate, 1, dtype="float32")
+                 if out_rate != codec.sample_rate else None)
+    snr, mel_sum, n = SiSnr(), 0.0, 0
+    try:
+        with atomic_path(dst) as tmp, _open_wav(tmp, out_rate) as f, torch.no_grad():
+            for block, a, b in _blocks(codec, src):
+                x = torch.from_numpy(block)[None, None]
+                y = codec.model(x, levels=levels).x_hat[0, 0].numpy()
+                ref, est = block[a:b], np.clip(y[a:b], -1, 1)
+                snr.add(ref, est)
+                mel_sum += mel_distance(ref, est, codec.sample_rate) * len(ref)
+                n += len(ref)
+                f.write(resampler.resample_chunk(est) if resampler else est)
+                bar.update()
+            if resampler:
+                f.write(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    except OSError as e:
+        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder") from None
+    finally:
+        bar.close()
+    return {"input": str(src), "output": str(dst), "duration_s": seconds, "levels": levels,
+            "bitrate_kbps": codec.bitrate(levels) / 1000, "sample_rate": out_rate,
+            "si_snr_db": snr.value(), "mel_distance": mel_sum / max(n, 1)}
+
+
+def plan_outputs(inputs: list[Path], output: Path | None, suffix: str = ".wav") -> list[tuple[Path, Path]]:
+    """Pair each input file with its output path. One file: ``output`` or
+    ``<stem>_resynth.wav`` here. Several files or a folder: files in the ``output`` folder
+    (default ``resynth/``), keeping paths relative to the input folder."""
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise VqaudioError("no input given; pass audio files or folders")
+    single = len(inputs) == 1 and not inputs[0].is_dir()
+    if single:
+        files = [inputs[0]]  # read_audio / audio_info give the clear error if it is missing
+        dst = output or Path(f"{inputs[0].stem}_resynth{suffix}")
+        if output is not None and output.is_dir():
+            dst = output / f"{inputs[0].stem}{suffix}"
+        return [(files[0], dst)]
+    folder = output or Path("resynth")
+    if folder.exists() and not folder.is_dir():
+        raise VqaudioError(f"{folder}: several inputs need an output folder, and this is a file")
+    pairs = []
+    for given in inputs:
+        files = list_audio_files([given])
+        for f in files:
+            rel = f.relative_to(given) if given.is_dir() else Path(f.name)
+            pairs.append((f, folder / rel.with_suffix(suffix)))
+    dsts = [d for _, d in pairs]
+    if len(set(dsts)) != len(dsts):
+        raise VqaudioError("two inputs would write the same output file; give them separate folders")
+    return pairs
+
+
+def resynth_paths(inputs: list[Path], output: Path | None, model: Path | None,
+                  bitrate: float | None, levels: int | None, input_rate: bool = False,
+                  progress: bool = True) -> Iterator[dict]:
+    codec = load_codec(model)
+    n = codec.pick_levels(bitrate, levels)
+    pairs = plan_outputs(inputs, output)
+    for src, dst in pairs:
+        if len(pairs) > 1:
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise VqaudioError(f"{dst.parent}: cannot create the output folder ({e.strerror})") from None
+        yield resynth_file(codec, src, dst, n, input_rate, progress)
+
+
+def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
+                levels: int | None) -> dict:
+    """Write the codes of ``src`` to ``dst`` (.npz) with the model's identity."""
+    codec = load_codec(model)
+    n = codec.pick_levels(bitrate, levels)
+    if Path(dst).suffix != ".npz":
+        raise VqaudioError(f"{dst}: codes files end in .npz")
+    if not Path(dst).parent.is_dir():
+        raise VqaudioError(f"{Path(dst).parent}: output folder does not exist; create it first")
+    hop, pieces, length = codec.hop, [], 0
+    with torch.no_grad():
+        for block, a, b in _blocks(codec, Path(src)):
+            codes = codec.model.encode(torch.from_numpy(block)[None, None], levels=n)[0]
+            pieces.append(codes[a // hop: -(-b // hop)].numpy())
+            length += b - a
+    codes = np.concatenate(pieces)
+    try:
+        save_codes(Path(dst), codec, codes, length)
+    except OSError as e:
+        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e})") from None
+    return {"output": str(dst), "frames": codes.shape[0], "levels": n,
+            "bitrate_kbps": codec.bitrate(n) / 1000, "duration_s": length / codec.sample_rate}
+
+
+def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
+    """Decode a codes file made by ``encode_path`` with the same model; write a WAV."""
+    codec = load_codec(model)
+    codes, length = load_codes(Path(src), codec)
+    _check_output(Path(src), Path(dst))
+    chunk = round(CHUNK_SECONDS * codec.sample_rate / codec.hop)  # in frames
+    context = max(1, round(CONTEXT_SECONDS * codec.sample_rate / codec.hop))
+    c = torch.from_numpy(codes)
+    try:
+        with atomic_path(dst) as tmp, _open_wav(tmp, codec.sample_rate) as f, torch.no_grad():
+            for start in range(0, c.shape[0], chunk):
+                lo, hi = max(0, start - context), min(c.shape[0], start + chunk + context)
+                y = codec.model.decode(c[lo:hi][None])[0, 0]
+                a = (start - lo) * codec.hop
+                end = min(length, (start + chunk) * codec.hop) - start * codec.hop
+                f.write(np.clip(y[a: a + end].numpy(), -1, 1))
+    except OSError as e:
+        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder") from None
+    return {"output": str(dst), "duration_s": length / codec.sample_rate,
+            "sample_rate": codec.sample_rate}
+
+
+def evaluate_paths(inputs: list[Path], model: Path | None, bitrate: float | None,
+                   levels: int | None) -> dict:
+    """Mean quality over audio files (nothing written): SI-SNR, mel distance, code use."""
+    import tempfile
+
+    codec = load_codec(model)
+    n = codec.pick_levels(bitrate, levels)
+    files = list_audio_files(inputs)
+    results, counts = [], np.zeros(codec.config["num_codes"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, f in enumerate(files):
+            results.append(resynth_file(codec, f, Path(tmp) / f"{i}.wav", n, progress=False))
+            for block, a, b in _blocks(codec, f):
+                with torch.no_grad():
+                    codes = codec.model.encode(torch.from_numpy(block)[None, None], levels=1)
+                counts += np.bincount(codes[0, a // codec.hop: -(-b // codec.hop), 0].numpy(),
+                                      minlength=len(counts))
+    p = counts / counts.sum()
+    nz = p[p > 0]
+    return {"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000,
+            "si_snr_db": float(np.nanmean([r["si_snr_db"] for r in results])),
+            "mel_distance": float(np.mean([r["mel_distance"] for r in results])),
+            "perplexity_level1": float(np.exp(-(nz * np.log(nz)).sum())),
+            "codes_used_level1": int((counts > 0).sum())}

@@ -1,0 +1,116 @@
+"""Training stages: what is specific to one model (its loss, validation, TensorBoard media,
+saving); the loop in train.py is shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from vqaudio.audio_io import list_audio_files
+from vqaudio.build import audio_model_config, build_audio_vqvae
+from vqaudio.checkpoint import save_model_dir
+from vqaudio.config import Recipe
+from vqaudio.data.audio import AudioDataset, split_files
+from vqaudio.errors import VqaudioError
+from vqaudio.losses import ReconstructionLoss
+from vqaudio.metrics import si_snr
+from vqaudio.train import forever
+
+
+def audio_splits(recipe: Recipe) -> tuple[list[Path], list[Path]]:
+    """The recipe's train and validation files (each capped at data.max_files when set)."""
+    d = recipe.data
+    files = list_audio_files([recipe.resolve(f) for f in d.folders])
+    train, val = split_files(files, d.val_regex or None, d.val_fraction)
+    if d.max_files:
+        train, val = train[: d.max_files], val[: max(1, d.max_files // 4)]
+    return train, val
+
+
+class AudioVQVAEStage:
+    name = "vqvae"
+
+    def __init__(self, recipe: Recipe, val_set: AudioDataset):
+        self.recipe = recipe
+        self.model = build_audio_vqvae(recipe)
+        self.criterion = ReconstructionLoss(
+            recipe.data.sample_rate, {"l1": recipe.loss.l1, "stft": recipe.loss.stft,
+                                      "mel": recipe.loss.mel})
+        self.val_batch = torch.stack([val_set[i] for i in range(len(val_set))])  # (N, 1, T)
+
+    def loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        out = self.model(x)
+        total, terms = self.criterion(out.x_hat, x)
+        total = total + self.recipe.loss.quantizer * out.q.loss
+        scalars = {"loss": total.item(), **{k: v.item() for k, v in terms.items()},
+                   "quantizer": out.q.loss.item(), "perplexity": out.q.perplexity.item(),
+                   "codes_used": float(out.q.used)}
+        return total, scalars
+
+    def validate(self, writer, step: int) -> dict[str, float]:
+        """Loss and SI-SNR at 1 level and at every level; audio, spectrograms and code use."""
+        x, sr = self.val_batch, self.recipe.data.sample_rate
+        metrics: dict[str, float] = {}
+        levels = sorted({1, self.recipe.quantizer.levels})
+        for n in levels:
+            out = self.model(x, levels=n)
+            total, _ = self.criterion(out.x_hat, x)
+            snr = np.mean([si_snr(a[0].numpy(), b[0].numpy()) for a, b in zip(x, out.x_hat)])
+            metrics[f"loss_{n}lvl"] = total.item()
+            metrics[f"si_snr_{n}lvl"] = float(snr)
+        codes = out.q.codes.reshape(-1, out.q.codes.shape[-1])  # (N * frames, levels)
+        counts = torch.bincount(codes[:, 0], minlength=self.recipe.quantizer.num_codes)
+        probs = counts / counts.sum()
+        metrics["perplexity"] = float(torch.exp(-(probs * torch.log(probs + 1e-10)).sum()))
+        metrics["codes_used"] = float((counts > 0).sum())
+        for k, v in metrics.items():
+            writer.add_scalar(f"{self.name}/val/{k}", v, step)
+        for level in range(codes.shape[1]):
+            writer.add_histogram(f"{self.name}/codes/level{level}", codes[:, level].numpy(), step,
+                                 bins=np.arange(self.recipe.quantizer.num_codes + 1) - 0.5)
+        for i in range(min(2, len(x))):
+            # Original and reconstruction side by side in one clip, 0.25 s of silence between.
+            gap = torch.zeros(sr // 4)
+            clip = torch.cat([x[i, 0], gap, out.x_hat[i, 0].clamp(-1, 1)])
+            writer.add_audio(f"{self.name}/audio/{i}_original_then_reconstruction", clip, step,
+                             sample_rate=sr)
+            writer.add_image(f"{self.name}/spectrogram/{i}_original_vs_reconstruction",
+                             side_by_side_spectrogram(x[i, 0], out.x_hat[i, 0]), step,
+                             dataformats="HW")
+        return metrics
+
+    def save(self, directory: Path) -> None:
+        save_model_dir(directory, self.model, audio_model_config(self.recipe))
+
+
+def log_spectrogram(wav: Tensor, n_fft: int = 256) -> Tensor:
+    """(F, frames) log magnitude in dB, low frequencies at the bottom."""
+    spec = torch.stft(wav, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
+    return (20 * torch.log10(spec.abs() + 1e-5)).flip(0)
+
+
+def side_by_side_spectrogram(a: Tensor, b: Tensor) -> Tensor:
+    """Two spectrograms with a white divider, scaled to [0, 1] together, as an (H, W) image."""
+    sa, sb = log_spectrogram(a), log_spectrogram(b)
+    lo, hi = max(sa.max().item() - 80, sa.min().item()), sa.max().item()
+    img = torch.cat([sa, torch.full((sa.shape[0], 2), hi), sb], dim=1)
+    return ((img - lo) / (hi - lo + 1e-9)).clamp(0, 1)
+
+
+def audio_vqvae_stage(recipe: Recipe):
+    """The VQ-VAE stage and an endless iterator of shuffled training batches (B, 1, T)."""
+    train_files, val_files = audio_splits(recipe)
+    d = recipe.data
+    segment = int(d.segment_seconds * d.sample_rate)
+    train_set = AudioDataset(train_files, d.sample_rate, segment, random_crop=True)
+    val_set = AudioDataset(val_files, d.sample_rate, segment, random_crop=False)
+    if len(train_set) < 1:
+        raise VqaudioError(f"recipe {recipe.source}: no training files in data.folders")
+    generator = torch.Generator().manual_seed(recipe.train.seed)
+    loader = DataLoader(train_set, batch_size=recipe.train.batch_size, shuffle=True,
+                        drop_last=len(train_set) >= recipe.train.batch_size, generator=generator)
+    return AudioVQVAEStage(recipe, val_set), forever(loader)
