@@ -144,7 +144,7 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
 
 
 def _suggest(key: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1)
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"{hint}; valid keys: {', '.join(choices)}"
 

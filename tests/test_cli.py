@@ -1,0 +1,211 @@
+"""The CLI end to end, in subprocesses, on a tiny trained model and generated audio."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).parents[1]
+
+
+def vqaudio(*args, cwd=None, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "vqaudio", *map(str, args)], cwd=cwd,
+                       capture_output=True, text=True, env=env, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"vqaudio {args} failed:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Train the smoke recipe once for every test here."""
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    p = vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", out)
+    assert "trained smoke" in p.stdout
+    return out
+
+
+def tone(path, seconds=0.7, rate=8000, channels=1, fmt=None):
+    t = np.arange(int(seconds * rate)) / rate
+    wav = 0.3 * np.sin(2 * np.pi * 300 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
+    sf.write(path, np.stack([wav] * channels, 1) if channels > 1 else wav, rate, format=fmt)
+    return path
+
+
+def test_help_lists_commands_without_importing_torch():
+    p = subprocess.run([sys.executable, "-c",
+                        "import sys; from vqaudio.cli import app; "
+                        "assert 'torch' not in sys.modules, 'torch imported'"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = vqaudio("--help").stdout
+    for command in ("train", "resynth", "sample", "encode", "decode", "eval"):
+        assert command in out
+    assert vqaudio("--version").stdout.startswith("vqaudio ")
+
+
+def test_train_writes_model_checkpoints_and_tensorboard(run_dir):
+    config = json.loads((run_dir / "vqvae" / "config.json").read_text())
+    assert config["kind"] == "audio-vqvae" and config["hop"] == 64 and config["levels"] == 2
+    assert (run_dir / "vqvae" / "weights.safetensors").is_file()
+    assert len(list((run_dir / "checkpoints").glob("vqvae-step*"))) == 2  # keep_checkpoints
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"audio": 0, "images": 0}).Reload()
+    tags = events.Tags()
+    for scalar in ("vqvae/train/l1", "vqvae/train/stft", "vqvae/train/mel", "vqvae/train/perplexity",
+                   "vqvae/train/codes_used", "vqvae/train/lr", "vqvae/val/si_snr_2lvl"):
+        assert scalar in tags["scalars"], scalar
+    assert any("audio" in t for t in tags["audio"])
+    assert any("spectrogram" in t for t in tags["images"])
+    assert any("codes" in t for t in tags["histograms"])
+
+
+@pytest.mark.parametrize("case", ["mono8k", "stereo44k", "flac", "odd_length"])
+def test_resynth_any_input_keeps_length(run_dir, tmp_path, case):
+    if case == "mono8k":
+        src = tone(tmp_path / "in.wav")
+    elif case == "stereo44k":
+        src = tone(tmp_path / "in.wav", rate=44100, channels=2)
+    elif case == "flac":
+        src = tone(tmp_path / "in.flac", rate=16000, fmt="FLAC")
+    else:
+        src = tone(tmp_path / "in.wav", seconds=1001 / 8000)
+    info = sf.info(src)
+    out = tmp_path / "out.wav"
+    p = vqaudio("resynth", src, "-o", out, "--model", run_dir, "--json")
+    result = json.loads(p.stdout)
+    assert result["levels"] == 2 and result["bitrate_kbps"] == pytest.approx(1.25)
+    assert np.isfinite(result["si_snr_db"]) and result["mel_distance"] >= 0
+    written = sf.info(out)
+    assert written.samplerate == 8000 and written.channels == 1
+    assert written.frames == round(info.frames * 8000 / info.samplerate)
+    back = tmp_path / "back.wav"
+    vqaudio("resynth", src, "-o", back, "--model", run_dir, "--input-rate", "--levels", "1")
+    assert sf.info(back).samplerate == info.samplerate
+    assert abs(sf.info(back).frames - info.frames) <= 1
+
+
+def test_resynth_bitrate_picks_levels(run_dir, tmp_path):
+    src = tone(tmp_path / "in.wav")
+    p = vqaudio("resynth", src, "-o", tmp_path / "o.wav", "--model", run_dir, "--bitrate", "1.0", "--json")
+    assert json.loads(p.stdout)["levels"] == 1  # 0.625 kb/s per level
+    p = vqaudio("resynth", src, "-o", tmp_path / "o.wav", "--model", run_dir, "--bitrate", "0.5", check=False)
+    assert p.returncode == 1 and "below this model's lowest bitrate" in p.stderr
+
+
+def test_resynth_folder_to_folder(run_dir, tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    tone(tmp_path / "in" / "a.wav")
+    tone(tmp_path / "in" / "sub" / "b.wav")
+    p = vqaudio("resynth", tmp_path / "in", "-o", tmp_path / "out", "--model", run_dir)
+    assert (tmp_path / "out" / "a.wav").is_file() and (tmp_path / "out" / "sub" / "b.wav").is_file()
+    assert "SI-SNR" in p.stdout
+
+
+def test_encode_decode_round_trip(run_dir, tmp_path):
+    src = tone(tmp_path / "in.wav", seconds=0.9)
+    codes = tmp_path / "c.npz"
+    vqaudio("encode", src, "-o", codes, "--model", run_dir, "--levels", "1")
+    with np.load(codes) as data:
+        assert data["codes"].shape == (-(-7200 // 64), 1)
+    out = tmp_path / "d.wav"
+    vqaudio("decode", codes, "-o", out, "--model", run_dir)
+    direct = tmp_path / "r.wav"
+    vqaudio("resynth", src, "-o", direct, "--model", run_dir, "--levels", "1")
+    a, b = sf.read(out), sf.read(direct)
+    assert len(a[0]) == 7200
+    np.testing.assert_allclose(a[0], b[0], atol=2 / 32768)
+
+
+def test_eval_reports_quality(run_dir, tmp_path):
+    tone(tmp_path / "a.wav")
+    tone(tmp_path / "b.wav", seconds=0.4)
+    summary = json.loads(vqaudio("eval", tmp_path, "--model", run_dir, "--json").stdout)
+    assert summary["files"] == 2 and summary["codes_used_level1"] >= 1
+    assert np.isfinite(summary["si_snr_db"])
+
+
+def _no_new_files(folder, before):
+    return sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", [
+    "missing", "empty", "not_audio", "directory", "nan", "truncated", "out_is_input",
+    "missing_out_dir", "bad_model", "wrong_kind_model", "bad_levels",
+])
+def test_resynth_bad_inputs_one_line_no_output(run_dir, tmp_path, case):
+    src, out, model = tmp_path / "in.wav", tmp_path / "out.wav", run_dir
+    if case == "empty":
+        sf.write(src, np.zeros(0), 8000)
+    elif case == "not_audio":
+        src.write_text("hello, I am not audio")
+    elif case == "directory":
+        src = tmp_path / "folder.wav"
+        src.mkdir()
+    elif case == "nan":
+        sf.write(src, np.full(800, np.nan), 8000, subtype="FLOAT")
+    elif case == "truncated":
+        tone(src)
+        src.write_bytes(src.read_bytes()[: 3000])
+    elif case == "out_is_input":
+        tone(src)
+        out = src
+    elif case == "missing_out_dir":
+        tone(src)
+        out = tmp_path / "nowhere" / "out.wav"
+    elif case == "bad_model":
+        tone(src)
+        model = tmp_path / "nomodel"
+    elif case == "wrong_kind_model":
+        tone(src)
+        model = tmp_path / "m"
+        model.mkdir()
+        (model / "config.json").write_text('{"kind": "pixelcnn-prior"}')
+    elif case == "bad_levels":
+        tone(src)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    extra = ["--levels", "9"] if case == "bad_levels" else []
+    p = vqaudio("resynth", src, "-o", out, "--model", model, *extra, check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    assert _no_new_files(tmp_path, before)
+    if case == "out_is_input":
+        assert sf.info(src).frames > 0  # the input is untouched
+
+
+def test_decode_with_another_model_is_an_error(run_dir, tmp_path):
+    src = tone(tmp_path / "in.wav")
+    vqaudio("encode", src, "-o", tmp_path / "c.npz", "--model", run_dir)
+    other = tmp_path / "other"
+    vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", other, "--set", "train.steps=2",
+            "--set", "train.seed=1")
+    p = vqaudio("decode", tmp_path / "c.npz", "-o", tmp_path / "d.wav", "--model", other, check=False)
+    assert p.returncode == 1 and "another model" in p.stderr
+    assert not (tmp_path / "d.wav").exists()
+    codes = tmp_path / "bad.npz"
+    codes.write_bytes(b"not a zip")
+    p = vqaudio("decode", codes, "-o", tmp_path / "d.wav", "--model", run_dir, check=False)
+    assert p.returncode == 1 and "not a vqaudio codes file" in p.stderr
+
+
+def test_train_bad_recipe_is_one_line(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text((ROOT / "recipes" / "smoke.toml").read_text().replace("lr = ", "lrate = "))
+    p = vqaudio("train", recipe, check=False)
+    assert p.returncode == 1
+    assert "unknown key 'train.lrate' (did you mean 'lr'?)" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_sample_not_available_yet_exits_nonzero():
+    p = vqaudio("sample", check=False)
+    assert p.returncode == 1 and "not available yet" in p.stderr
