@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 KINDS = ("ema", "gradient")
+_BLOCK_ELEMENTS = 2**20  # CPU distance blocks of 4 MB in float32 (see VectorQuantizer.nearest)
 
 
 class Quantized(NamedTuple):
@@ -141,9 +142,17 @@ class VectorQuantizer(nn.Module):
         # ||z||^2 - 2 z.e + ||e||^2 accurate for data far from the origin (QUANTIZER.md 6).
         mean = e.mean(0)
         e = e - mean
-        # ||z||^2 is the same for every code, so argmin needs only ||e||^2 - 2 z.e: one addmm.
-        dist_ = torch.addmm((e * e).sum(1), flat.float() - mean, e.T, alpha=-2)
-        return dist_.argmin(1)
+        e_sq = (e * e).sum(1)
+        flat = flat.float()
+        # On CPU the (N, K) distances are made a block of rows at a time: a block of a few MB
+        # is reused by the allocator and stays in cache, while a whole N x K matrix (128 MB at
+        # N = 32768, K = 1024) is fresh memory at every call, and its page faults cost more
+        # than the matmul. GPU allocations are cached, so there the batch is one block.
+        rows = _BLOCK_ELEMENTS // len(e) if flat.is_cpu else len(flat)
+        # ||z||^2 is the same for every code, so argmin needs only ||e||^2 - 2 z.e: one addmm
+        # per block.
+        return torch.cat([torch.addmm(e_sq, block - mean, e.T, alpha=-2).argmin(1)
+                          for block in flat.split(max(rows, 1))])
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, z: Tensor) -> Quantized:

@@ -19,10 +19,10 @@ import torch
 from tqdm import tqdm
 
 from vqaudio.atomic import atomic_path
-from vqaudio.audio_io import audio_info, list_audio_files, read_audio_blocks
+from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audio_blocks
 from vqaudio.codec import CHUNK_SECONDS, CONTEXT_SECONDS, Codec, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
-from vqaudio.metrics import mel_distance
+from vqaudio.metrics import mel_distance, quality_report
 
 PROGRESS_SECONDS = 30.0  # show a progress bar for inputs longer than this
 
@@ -208,25 +208,23 @@ def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
 
 def evaluate_paths(inputs: list[Path], model: Path | None, bitrate: float | None,
                    levels: int | None) -> dict:
-    """Mean quality over audio files (nothing written): SI-SNR, mel distance, code use."""
-    import tempfile
-
+    """Mean quality over audio files, nothing written: SI-SNR, log-mel distance, PESQ-nb and
+    STOI (when pesq / pystoi are installed: the ``eval`` extra), bitrate, and the first
+    level's codebook perplexity and share of codes used. Files are processed whole."""
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
     files = list_audio_files(inputs)
-    results, counts = [], np.zeros(codec.config["num_codes"])
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, f in enumerate(files):
-            results.append(resynth_file(codec, f, Path(tmp) / f"{i}.wav", n, progress=False))
-            for block, a, b in _blocks(codec, f):
-                with torch.no_grad():
-                    codes = codec.model.encode(torch.from_numpy(block)[None, None], levels=1)
-                counts += np.bincount(codes[0, a // codec.hop: -(-b // codec.hop), 0].numpy(),
-                                      minlength=len(counts))
-    p = counts / counts.sum()
-    nz = p[p > 0]
-    return {"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000,
-            "si_snr_db": float(np.nanmean([r["si_snr_db"] for r in results])),
-            "mel_distance": float(np.mean([r["mel_distance"] for r in results])),
-            "perplexity_level1": float(np.exp(-(nz * np.log(nz)).sum())),
-            "codes_used_level1": int((counts > 0).sum())}
+    reports, counts = [], np.zeros(codec.config["num_codes"])
+    for f in files:
+        wav, _ = read_audio(f, codec.sample_rate)
+        reports.append(quality_report(wav, codec.resynth(wav, n), codec.sample_rate))
+        counts += np.bincount(codec.encode(wav, 1)[:, 0], minlength=len(counts))
+    p = counts[counts > 0] / counts.sum()
+    summary = {"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000}
+    for key in ("si_snr", "mel_distance", "pesq", "stoi"):
+        values = [r[key] for r in reports if key in r]
+        if values:
+            summary[key] = float(np.nanmean(values))
+    summary["perplexity_level1"] = float(np.exp(-(p * np.log(p)).sum()))
+    summary["codes_used_share_level1"] = float((counts > 0).mean())
+    return summary

@@ -84,7 +84,8 @@ def fit(stage: Stage, batches: Iterator, cfg: TrainConfig, run_dir: Path, writer
                 writer.add_scalar(f"{tag}/train/{k}", v, step)
             writer.add_scalar(f"{tag}/train/lr", sched.get_last_lr()[0], step)
             writer.add_scalar(f"{tag}/train/grad_norm", float(grad_norm), step)
-            bar.set_postfix({k: f"{scalars[k]:.3g}" for k in list(scalars)[:3]}, refresh=False)
+            shown = [k for k in ("loss", "perplexity", "codes_used") if k in scalars]
+            bar.set_postfix({k: f"{scalars[k]:.3g}" for k in shown}, refresh=False)
         if step % cfg.val_every == 0 or step == cfg.steps:
             model.eval()
             with torch.no_grad():
