@@ -45,6 +45,7 @@ def audio_model_config(recipe: Recipe) -> dict[str, Any]:
         "frames_per_second": fps,
         "num_codes": recipe.quantizer.num_codes,
         "levels": recipe.quantizer.levels,
+        "peak": recipe.data.peak,  # inputs are scaled to this peak and outputs scaled back
         "bitrate_bps": {str(n): fps * n * bits for n in range(1, recipe.quantizer.levels + 1)},
         "recipe": recipe.to_dict(),
     }

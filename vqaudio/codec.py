@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from vqaudio.build import load_audio_vqvae
+from vqaudio.data.audio import peak_gain
 from vqaudio.errors import VqaudioError
 from vqaudio.vqvae import VQVAE
 
@@ -64,6 +65,11 @@ class Codec:
             return fitting[-1]
         return self.max_levels
 
+    def gain(self, input_peak: float) -> float:
+        """Input gain that matches the peak level the model was trained at (outputs are
+        divided by it again)."""
+        return peak_gain(input_peak, self.config.get("peak", 0.0))
+
     # -- array-level operations (mono float32 at the model rate) ------------------------------
     def _chunk(self) -> tuple[int, int]:
         hop, sr = self.hop, self.sample_rate
@@ -71,24 +77,27 @@ class Codec:
 
     @torch.no_grad()
     def resynth(self, wav: np.ndarray, levels: int) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+        g = self.gain(float(np.abs(wav).max(initial=0)))
+        x = torch.from_numpy(np.ascontiguousarray(wav * g, dtype=np.float32))
         fn = lambda seg: self.model(seg[None, None], levels=levels).x_hat[0, 0]
-        return chunked(fn, x, *self._chunk(), ratio=(1, 1)).numpy()
+        return chunked(fn, x, *self._chunk(), ratio=(1, 1)).numpy() / g
 
     @torch.no_grad()
     def encode(self, wav: np.ndarray, levels: int) -> np.ndarray:
-        """Codes (frames, levels) int64 for a mono waveform."""
-        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
+        """Codes (frames, levels) int64 for a mono waveform (peak-normalised first)."""
+        g = self.gain(float(np.abs(wav).max(initial=0)))
+        x = torch.from_numpy(np.ascontiguousarray(wav * g, dtype=np.float32))
         fn = lambda seg: self.model.encode(seg[None, None], levels=levels)[0]
         return chunked(fn, x, *self._chunk(), ratio=(1, self.hop)).numpy()
 
     @torch.no_grad()
-    def decode(self, codes: np.ndarray, length: int) -> np.ndarray:
+    def decode(self, codes: np.ndarray, length: int, gain: float = 1.0) -> np.ndarray:
+        """Waveform of ``length`` samples; ``gain`` is the one the codes were encoded with."""
         c = torch.from_numpy(np.asarray(codes, dtype=np.int64))
         chunk, context = self._chunk()
         fn = lambda seg: self.model.decode(seg[None])[0, 0]
         out = chunked(fn, c, chunk // self.hop, context // self.hop, ratio=(self.hop, 1))
-        return out[:length].numpy()
+        return out[:length].numpy() / gain
 
 
 def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int, context: int,
@@ -134,20 +143,23 @@ def load_codec(model: str | Path | None) -> Codec:
 
 # -- codes files --------------------------------------------------------------------------------
 
-def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int) -> None:
-    """An .npz holding the codes and what decoding needs: model id, rate, hop, length."""
+def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: float) -> None:
+    """An .npz holding the codes and what decoding needs: model id, rate, hop, length, and the
+    input gain (one float per file) to undo after decoding."""
     from vqaudio.atomic import atomic_path
 
     meta = {"model_id": codec.config["model_id"], "sample_rate": codec.sample_rate,
-            "hop": codec.hop, "length": int(length), "num_codes": codec.config["num_codes"]}
+            "hop": codec.hop, "length": int(length), "num_codes": codec.config["num_codes"],
+            "gain": float(gain)}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, codes=codes.astype(np.int16 if codec.config["num_codes"] <= 32767 else np.int32),
                      meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
 
 
-def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int]:
-    """Codes (frames, levels) and the original length; checks they belong to ``codec``."""
+def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int, float]:
+    """Codes (frames, levels), the original length and the input gain; checks they belong to
+    ``codec``."""
     path = Path(path)
     if not path.is_file():
         raise VqaudioError(f"{path}: no such codes file; make one with 'vqaudio encode IN -o {path.name}'")
@@ -168,5 +180,8 @@ def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int]:
     length = int(meta.get("length", 0))
     if not 0 < length <= codes.shape[0] * codec.hop:
         raise VqaudioError(f"{path}: stored length {length} does not match {codes.shape[0]} frames")
-    return codes.astype(np.int64), length
+    gain = meta.get("gain", 1.0)
+    if not (isinstance(gain, (int, float)) and 0 < gain < float("inf")):
+        raise VqaudioError(f"{path}: stored gain {gain!r} is invalid; the file is corrupt")
+    return codes.astype(np.int64), length, float(gain)
 

@@ -25,6 +25,7 @@ class DataConfig:
     folders: list[str] = field(default_factory=lambda: ["../data/fsdd"])  # relative to the recipe
     sample_rate: int = 8000
     segment_seconds: float = 0.5  # length of the random training crops
+    peak: float = 0.9  # each file is scaled to this peak, in training and inference (0 = off)
     val_regex: str = r"_[0-4]\.wav$"  # file names that form the validation split ("" = hash split)
     val_fraction: float = 0.1  # used only when val_regex is ""
     max_files: int = 0  # 0 = every file; a small number for quick checks
@@ -208,7 +209,7 @@ def validate(r: Recipe) -> None:
         "quantizer.restart_after": r.quantizer.restart_after, "quantizer.code_dim": r.quantizer.code_dim,
         "train.warmup_steps": r.train.warmup_steps, "train.grad_clip": r.train.grad_clip,
         "train.weight_decay": r.train.weight_decay, "train.num_threads": r.train.num_threads,
-        "data.max_files": r.data.max_files, "loss.l1": r.loss.l1, "loss.stft": r.loss.stft,
+        "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1, "loss.stft": r.loss.stft,
         "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
     }
     for label, value in non_negative.items():

@@ -60,6 +60,13 @@ def _blocks(codec: Codec, path: Path) -> Iterator[tuple[np.ndarray, int, int]]:
         yield block, (0 if k == 0 else context), min(len(block), chunk + context)
 
 
+def _file_gain(codec: Codec, path: Path) -> float:
+    """A first streaming pass for the file's peak, so the whole file gets one gain."""
+    block = round(CHUNK_SECONDS * codec.sample_rate)
+    peak = max(float(np.abs(b).max(initial=0)) for b in read_audio_blocks(path, block, 0, codec.sample_rate))
+    return codec.gain(peak)
+
+
 def _progress(path: Path, codec: Codec, show: bool):
     frames, rate, _ = audio_info(path)
     seconds = frames / rate
@@ -94,11 +101,12 @@ def resynth_file(codec: Codec, src: Path, dst: Path, levels: int, input_rate: bo
     resampler = (soxr.ResampleStream(codec.sample_rate, out_rate, 1, dtype="float32")
                  if out_rate != codec.sample_rate else None)
     snr, mel_sum, n = SiSnr(), 0.0, 0
+    gain = _file_gain(codec, src)
     try:
         with atomic_path(dst) as tmp, _open_wav(tmp, out_rate) as f, torch.no_grad():
             for block, a, b in _blocks(codec, src):
-                x = torch.from_numpy(block)[None, None]
-                y = codec.model(x, levels=levels).x_hat[0, 0].numpy()
+                x = torch.from_numpy(block * gain)[None, None]
+                y = codec.model(x, levels=levels).x_hat[0, 0].numpy() / gain
                 ref, est = block[a:b], np.clip(y[a:b], -1, 1)
                 snr.add(ref, est)
                 mel_sum += mel_distance(ref, est, codec.sample_rate) * len(ref)
@@ -170,14 +178,15 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
     if not Path(dst).parent.is_dir():
         raise VqaudioError(f"{Path(dst).parent}: output folder does not exist; create it first")
     hop, pieces, length = codec.hop, [], 0
+    gain = _file_gain(codec, Path(src))
     with torch.no_grad():
         for block, a, b in _blocks(codec, Path(src)):
-            codes = codec.model.encode(torch.from_numpy(block)[None, None], levels=n)[0]
+            codes = codec.model.encode(torch.from_numpy(block * gain)[None, None], levels=n)[0]
             pieces.append(codes[a // hop: -(-b // hop)].numpy())
             length += b - a
     codes = np.concatenate(pieces)
     try:
-        save_codes(Path(dst), codec, codes, length)
+        save_codes(Path(dst), codec, codes, length, gain)
     except OSError as e:
         raise VqaudioError(f"{dst}: cannot write ({e.strerror or e})") from None
     return {"output": str(dst), "frames": codes.shape[0], "levels": n,
@@ -187,7 +196,7 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
 def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
     """Decode a codes file made by ``encode_path`` with the same model; write a WAV."""
     codec = load_codec(model)
-    codes, length = load_codes(Path(src), codec)
+    codes, length, gain = load_codes(Path(src), codec)
     _check_output(Path(src), Path(dst))
     chunk = round(CHUNK_SECONDS * codec.sample_rate / codec.hop)  # in frames
     context = max(1, round(CONTEXT_SECONDS * codec.sample_rate / codec.hop))
@@ -199,7 +208,7 @@ def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
                 y = codec.model.decode(c[lo:hi][None])[0, 0]
                 a = (start - lo) * codec.hop
                 end = min(length, (start + chunk) * codec.hop) - start * codec.hop
-                f.write(np.clip(y[a: a + end].numpy(), -1, 1))
+                f.write(np.clip(y[a: a + end].numpy() / gain, -1, 1))
     except OSError as e:
         raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder") from None
     return {"output": str(dst), "duration_s": length / codec.sample_rate,

@@ -106,8 +106,8 @@ def audio_vqvae_stage(recipe: Recipe):
     train_files, val_files = audio_splits(recipe)
     d = recipe.data
     segment = int(d.segment_seconds * d.sample_rate)
-    train_set = AudioDataset(train_files, d.sample_rate, segment, random_crop=True)
-    val_set = AudioDataset(val_files, d.sample_rate, segment, random_crop=False)
+    train_set = AudioDataset(train_files, d.sample_rate, segment, random_crop=True, peak=d.peak)
+    val_set = AudioDataset(val_files, d.sample_rate, segment, random_crop=False, peak=d.peak)
     if len(train_set) < 1:
         raise VqaudioError(f"recipe {recipe.source}: no training files in data.folders")
     generator = torch.Generator().manual_seed(recipe.train.seed)

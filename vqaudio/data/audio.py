@@ -75,6 +75,14 @@ def label_of(path: str | os.PathLike, label_regex: str) -> str:
     return match.group(1)
 
 
+def peak_gain(file_peak: float, target: float) -> float:
+    """The gain that brings a file's peak to ``target`` (1 for silence or target 0).
+
+    Recordings differ in level by 20 dB and more (FSDD peaks near 0.05); the model is trained
+    and run on peak-normalised audio, so waveform losses weigh every file alike."""
+    return target / file_peak if target > 0 and file_peak > 1e-6 else 1.0
+
+
 class AudioDataset(Dataset):
     """Fixed-length mono segments of audio files, all decoded once and kept in memory.
 
@@ -83,12 +91,15 @@ class AudioDataset(Dataset):
     DataLoader worker seeding make it reproducible), else the first ``segment_samples``
     samples. Files shorter than a segment are zero-padded at the end.
 
+    ``peak`` > 0 scales each file so its largest sample is ``peak`` (see :func:`peak_gain`).
+
     Attributes: ``files`` (list of Path), ``waveforms`` (list of 1-D float32 tensors at
     ``sample_rate``), ``sample_rate``, ``segment_samples``, ``random_crop``.
     """
 
     def __init__(
-        self, files: Sequence[str | os.PathLike], sample_rate: int, segment_samples: int, random_crop: bool
+        self, files: Sequence[str | os.PathLike], sample_rate: int, segment_samples: int, random_crop: bool,
+        peak: float = 0.0,
     ) -> None:
         if not files:
             raise VqaudioError("the audio dataset has no files; check the data paths and the split")
@@ -99,6 +110,8 @@ class AudioDataset(Dataset):
         self.segment_samples = segment_samples
         self.random_crop = random_crop
         self.waveforms = [torch.from_numpy(read_audio(f, sample_rate)[0]) for f in self.files]
+        if peak > 0:  # scale every file to the same peak, as the codec does at inference
+            self.waveforms = [w * peak_gain(w.abs().max().item(), peak) for w in self.waveforms]
 
     def __len__(self) -> int:
         return len(self.waveforms)
