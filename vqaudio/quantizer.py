@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 KINDS = ("ema", "gradient")
-_BLOCK_ELEMENTS = 2**20  # CPU distance blocks of 4 MB in float32 (see VectorQuantizer.nearest)
+_BLOCK_ELEMENTS = 2**22  # CPU distance blocks of 16 MB in float32 (see VectorQuantizer.nearest)
 
 
 class Quantized(NamedTuple):
@@ -144,10 +144,10 @@ class VectorQuantizer(nn.Module):
         e = e - mean
         e_sq = (e * e).sum(1)
         flat = flat.float()
-        # On CPU the (N, K) distances are made a block of rows at a time: a block of a few MB
-        # is reused by the allocator and stays in cache, while a whole N x K matrix (128 MB at
-        # N = 32768, K = 1024) is fresh memory at every call, and its page faults cost more
-        # than the matmul. GPU allocations are cached, so there the batch is one block.
+        # On CPU the (N, K) distances are made a block of rows at a time: the allocator reuses
+        # a block of 16 MB, while a whole N x K matrix (128 MB at N = 32768, K = 1024) is fresh
+        # memory at every call, whose page faults can cost as much as the matmul. GPU
+        # allocations are cached, so there the batch is one block.
         rows = _BLOCK_ELEMENTS // len(e) if flat.is_cpu else len(flat)
         # ||z||^2 is the same for every code, so argmin needs only ||e||^2 - 2 z.e: one addmm
         # per block.
@@ -271,7 +271,7 @@ class ResidualVQ(nn.Module):
         codes, losses, first = [], [], None
         for vq in self.levels[:n]:
             q = vq(residual)
-            first = first or q
+            first = q if first is None else first
             # Detach what is subtracted: each level's commitment loss then pulls the encoder
             # output itself, not a chain through earlier codes (QUANTIZER.md pitfall 5).
             quantized = q.z_q.detach()

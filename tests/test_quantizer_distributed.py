@@ -1,0 +1,169 @@
+"""The quantizer under data parallelism: 2 gloo processes on CPU (QUANTIZER.md pitfall 4).
+
+Each rank sees different data. Every piece of codebook state must stay identical on all ranks
+(EMA statistics summed over ranks, restarts and k-means centroids broadcast from rank 0,
+quantizer dropout drawn once for all), and the EMA run must equal one process on the
+concatenated batch. Starting processes costs seconds (each imports torch), so one spawn runs
+every scenario and the tests below check what it wrote.
+"""
+
+from __future__ import annotations
+
+import datetime
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+from vqaudio.quantizer import ResidualVQ, VectorQuantizer
+
+WORLD = 2
+EMA_STEPS = 5
+EMA_ROWS = (48, 24)  # rows per rank differ: sums, not means, must be reduced
+EMA_KW = dict(dim=4, num_codes=16, decay=0.8)
+RVQ_STEPS = 24
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+def ema_batches() -> list[list[torch.Tensor]]:
+    """batches[step][rank]: (rows, 4), offset per rank; the same in every process."""
+    g = torch.Generator().manual_seed(1)
+    return [[torch.randn(rows, 4, generator=g) + 2.0 * rank for rank, rows in enumerate(EMA_ROWS)]
+            for _ in range(EMA_STEPS)]
+
+
+def ema_state(vq: VectorQuantizer) -> dict[str, torch.Tensor]:
+    return {k: getattr(vq, k).clone() for k in ("codebook", "cluster_size", "embed_sum")}
+
+
+def _scenario_ema(rank: int, vq: VectorQuantizer) -> dict:
+    for batches in ema_batches():
+        vq(batches[rank].view(-1, 3, 4) if rank == 1 else batches[rank])  # any leading shape
+    return ema_state(vq)
+
+
+def _scenario_restart(rank: int) -> dict:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(dim=2, num_codes=16, restart_after=2).train()
+    # Every code far from the data: one code wins, the rest die and are restarted.
+    vq.codebook.copy_(torch.randn(16, 2) + 50.0)
+    vq.embed_sum.copy_(vq.codebook)
+    torch.manual_seed(100 + rank)  # ranks now draw different restart candidates locally
+    first_used = None
+    for _ in range(6):
+        q = vq(torch.randn(256, 2) * 3 + torch.tensor([4.0 * rank, 0.0]))
+        first_used = q.used.item() if first_used is None else first_used
+    return {**ema_state(vq), "unused_steps": vq.unused_steps.clone(), "first_used": first_used}
+
+
+def _scenario_kmeans(rank: int) -> dict:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(dim=2, num_codes=8, kmeans_init=True).train()
+    torch.manual_seed(100 + rank)  # each rank's k-means would start from different samples
+    centres = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]]) * (1 + rank)
+    data = (centres[:, None] + 0.3 * torch.randn(4, 50, 2)).reshape(-1, 2)
+    vq(data)
+    out = {**ema_state(vq), "initialized": vq.initialized.clone()}
+    vq(data)  # and they stay together
+    return {**out, "after": ema_state(vq)}
+
+
+def _scenario_rvq_dropout(rank: int) -> dict:
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=4, num_codes=8, num_levels=4, dropout=True).train()
+    torch.manual_seed(100 + rank)  # local draws of the number of levels would differ
+    levels = [rvq(torch.randn(32, 4)).codes.shape[-1] for _ in range(RVQ_STEPS)]
+    return {"levels": levels,
+            "codebooks": torch.stack([vq.codebook.clone() for vq in rvq.levels])}
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    # Built before the process group exists: whether to sync must be decided at forward time.
+    torch.manual_seed(0)
+    ema_vq = VectorQuantizer(**EMA_KW).train()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=30))
+    scenarios = {
+        "ema": lambda: _scenario_ema(rank, ema_vq),
+        "restart": lambda: _scenario_restart(rank),
+        "kmeans": lambda: _scenario_kmeans(rank),
+        "rvq": lambda: _scenario_rvq_dropout(rank),
+    }
+    results = {}
+    try:
+        for name, run in scenarios.items():
+            try:
+                results[name] = run()
+            except Exception:  # reported by the scenario's own test (a desync ends the group)
+                results[name] = traceback.format_exc()
+                break
+    finally:
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def scenario(ranks: list[dict], name: str) -> list[dict]:
+    """Each rank's results of one scenario; fails with the worker's traceback if it raised."""
+    for rank, results in enumerate(ranks):
+        if name not in results:
+            pytest.fail(f"rank {rank} did not reach scenario {name!r}")
+        if isinstance(results[name], str):
+            pytest.fail(f"rank {rank} raised in scenario {name!r}:\n{results[name]}")
+    return [results[name] for results in ranks]
+
+
+def assert_same_on_ranks(a: dict, b: dict) -> None:
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_ema_state_identical_on_ranks_and_equal_to_one_process(ranks):
+    r0, r1 = scenario(ranks, "ema")
+    assert_same_on_ranks(r0, r1)
+    torch.manual_seed(0)
+    single = VectorQuantizer(**EMA_KW).train()
+    for batches in ema_batches():
+        single(torch.cat(batches))
+    expected = ema_state(single)
+    for key, value in r0.items():
+        assert_close(value, expected[key], msg=key)
+    # The data moved the codebook, so the comparison is not trivially of the initial one.
+    torch.manual_seed(0)
+    assert not torch.allclose(expected["codebook"], VectorQuantizer(**EMA_KW).codebook)
+
+
+def test_dead_code_restarts_identical_on_ranks(ranks):
+    r0, r1 = scenario(ranks, "restart")
+    assert_same_on_ranks(r0, r1)
+    assert r0["first_used"] <= 2
+    # Restarts happened: the codes now sit among the data, not back at 50.
+    assert r0["codebook"].norm(dim=1).max() < 20
+
+
+def test_kmeans_init_identical_on_ranks(ranks):
+    k0, k1 = scenario(ranks, "kmeans")
+    assert k0["initialized"] and k1["initialized"]
+    assert_same_on_ranks(k0, k1)
+    assert_same_on_ranks(k0["after"], k1["after"])
+
+
+def test_quantizer_dropout_same_levels_on_ranks(ranks):
+    r0, r1 = scenario(ranks, "rvq")
+    assert r0["levels"] == r1["levels"]
+    assert len(set(r0["levels"])) > 1  # dropout did vary the number of levels
+    assert torch.equal(r0["codebooks"], r1["codebooks"])
