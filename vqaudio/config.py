@@ -60,7 +60,7 @@ class QuantizerConfig:
 
 @dataclass
 class LossConfig:
-    l1: float = 1.0
+    l1: float = 20.0
     stft: float = 1.0
     mel: float = 1.0
     quantizer: float = 1.0  # weight of the quantizer's commitment (+ codebook) loss
