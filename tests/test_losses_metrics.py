@@ -231,3 +231,12 @@ def test_quality_report_keys():
     expected |= {"stoi"} if metrics.stoi(x, x, SR) is not None else set()
     assert set(report) == expected
     assert report["si_snr"] > 50 and all(isinstance(v, float) for v in report.values())
+
+
+def test_stoi_is_none_for_clips_too_short_to_score():
+    pytest.importorskip("pystoi")
+    from vqaudio.metrics import stoi
+
+    t = np.arange(1600) / 8000  # 0.2 s: pystoi needs ~384 ms and would return 1e-5
+    x = np.sin(2 * np.pi * 200 * t).astype(np.float32)
+    assert stoi(x, x, 8000) is None

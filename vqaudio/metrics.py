@@ -108,13 +108,20 @@ def pesq_nb(ref: Signal, est: Signal,
 def stoi(ref: Signal, est: Signal,
          sample_rate: int) -> float | None:
     """Short-time objective intelligibility (0 to 1; Taal et al., IEEE TASLP 2011); None when
-    the ``pystoi`` package is missing. pystoi resamples to 10 kHz itself."""
+    the ``pystoi`` package is missing or the clip is too short to score (pystoi needs about
+    384 ms of non-silent speech and otherwise returns exactly 1e-5 with a warning: not a
+    score, so it must not be averaged in). pystoi resamples to 10 kHz itself."""
     try:
         from pystoi import stoi as _stoi
     except ImportError:
         return None
+    import warnings
+
     ref, est = _pair(ref, est)
-    return float(_stoi(ref, est, sample_rate, extended=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = float(_stoi(ref, est, sample_rate, extended=False))
+    return None if value <= 1e-5 else value
 
 
 def _code_probs(codes: Signal, num_codes: int) -> np.ndarray:
