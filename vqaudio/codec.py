@@ -71,7 +71,9 @@ class Codec:
         return peak_gain(input_peak, self.config.get("peak", 0.0))
 
     # -- array-level operations (mono float32 at the model rate) ------------------------------
-    def _chunk(self) -> tuple[int, int]:
+    def chunk_samples(self) -> tuple[int, int]:
+        """(kept samples per chunk, context samples on each side), both multiples of the hop:
+        the one chunk geometry for arrays here and for files streamed in resynth.py."""
         hop, sr = self.hop, self.sample_rate
         return (round(CHUNK_SECONDS * sr / hop) * hop, max(1, round(CONTEXT_SECONDS * sr / hop)) * hop)
 
@@ -80,7 +82,7 @@ class Codec:
         g = self.gain(float(np.abs(wav).max(initial=0)))
         x = torch.from_numpy(np.ascontiguousarray(wav * g, dtype=np.float32))
         fn = lambda seg: self.model(seg[None, None], levels=levels).x_hat[0, 0]
-        return chunked(fn, x, *self._chunk(), ratio=(1, 1)).numpy() / g
+        return chunked(fn, x, *self.chunk_samples(), ratio=(1, 1)).numpy() / g
 
     @torch.no_grad()
     def encode(self, wav: np.ndarray, levels: int) -> np.ndarray:
@@ -88,13 +90,13 @@ class Codec:
         g = self.gain(float(np.abs(wav).max(initial=0)))
         x = torch.from_numpy(np.ascontiguousarray(wav * g, dtype=np.float32))
         fn = lambda seg: self.model.encode(seg[None, None], levels=levels)[0]
-        return chunked(fn, x, *self._chunk(), ratio=(1, self.hop)).numpy()
+        return chunked(fn, x, *self.chunk_samples(), ratio=(1, self.hop)).numpy()
 
     @torch.no_grad()
     def decode(self, codes: np.ndarray, length: int, gain: float = 1.0) -> np.ndarray:
         """Waveform of ``length`` samples; ``gain`` is the one the codes were encoded with."""
         c = torch.from_numpy(np.asarray(codes, dtype=np.int64))
-        chunk, context = self._chunk()
+        chunk, context = self.chunk_samples()
         fn = lambda seg: self.model.decode(seg[None])[0, 0]
         out = chunked(fn, c, chunk // self.hop, context // self.hop, ratio=(self.hop, 1))
         return out[:length].numpy() / gain

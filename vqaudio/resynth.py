@@ -1,7 +1,7 @@
 """File-level commands of a trained codec: resynth, encode, decode, eval.
 
-Files are streamed in overlapping blocks (``codec.CHUNK_SECONDS`` kept per block, with
-``CONTEXT_SECONDS`` of context on each side), so an hour of audio needs no more memory than
+Files are streamed in overlapping blocks (``Codec.chunk_samples``: 10 s kept per block, with
+0.5 s of context on each side), so an hour of audio needs no more memory than
 a few seconds. Outputs are written to a temporary file and renamed: an error never leaves a
 partial file behind.
 """
@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from vqaudio.atomic import atomic_path
 from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audio_blocks
-from vqaudio.codec import CHUNK_SECONDS, CONTEXT_SECONDS, Codec, load_codec, load_codes, save_codes
+from vqaudio.codec import Codec, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
-from vqaudio.metrics import mel_distance, quality_report
+from vqaudio.metrics import mel_distance, perplexity, quality_report
 
 PROGRESS_SECONDS = 30.0  # show a progress bar for inputs longer than this
 
@@ -53,16 +53,14 @@ class SiSnr:
 
 def _blocks(codec: Codec, path: Path) -> Iterator[tuple[np.ndarray, int, int]]:
     """(block at the model rate, keep_start, keep_end): the kept parts tile the signal."""
-    sr, hop = codec.sample_rate, codec.hop
-    chunk = round(CHUNK_SECONDS * sr / hop) * hop
-    context = max(1, round(CONTEXT_SECONDS * sr / hop)) * hop
-    for k, block in enumerate(read_audio_blocks(path, chunk + 2 * context, 2 * context, sr)):
+    chunk, context = codec.chunk_samples()
+    for k, block in enumerate(read_audio_blocks(path, chunk + 2 * context, 2 * context, codec.sample_rate)):
         yield block, (0 if k == 0 else context), min(len(block), chunk + context)
 
 
 def _file_gain(codec: Codec, path: Path) -> float:
     """A first streaming pass for the file's peak, so the whole file gets one gain."""
-    block = round(CHUNK_SECONDS * codec.sample_rate)
+    block = codec.chunk_samples()[0]
     peak = max(float(np.abs(b).max(initial=0)) for b in read_audio_blocks(path, block, 0, codec.sample_rate))
     return codec.gain(peak)
 
@@ -70,7 +68,7 @@ def _file_gain(codec: Codec, path: Path) -> float:
 def _progress(path: Path, codec: Codec, show: bool):
     frames, rate, _ = audio_info(path)
     seconds = frames / rate
-    chunk = round(CHUNK_SECONDS * codec.sample_rate / codec.hop) * codec.hop / codec.sample_rate
+    chunk = codec.chunk_samples()[0] / codec.sample_rate
     return tqdm(total=math.ceil(seconds / chunk), desc=path.name, unit="chunk", leave=False,
                 disable=not show or seconds <= PROGRESS_SECONDS), seconds, rate
 
@@ -198,8 +196,7 @@ def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
     codec = load_codec(model)
     codes, length, gain = load_codes(Path(src), codec)
     _check_output(Path(src), Path(dst))
-    chunk = round(CHUNK_SECONDS * codec.sample_rate / codec.hop)  # in frames
-    context = max(1, round(CONTEXT_SECONDS * codec.sample_rate / codec.hop))
+    chunk, context = (n // codec.hop for n in codec.chunk_samples())  # in frames
     c = torch.from_numpy(codes)
     try:
         with atomic_path(dst) as tmp, _open_wav(tmp, codec.sample_rate) as f, torch.no_grad():
@@ -223,17 +220,17 @@ def evaluate_paths(inputs: list[Path], model: Path | None, bitrate: float | None
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
     files = list_audio_files(inputs)
-    reports, counts = [], np.zeros(codec.config["num_codes"])
+    reports, first_level = [], []
     for f in files:
         wav, _ = read_audio(f, codec.sample_rate)
         reports.append(quality_report(wav, codec.resynth(wav, n), codec.sample_rate))
-        counts += np.bincount(codec.encode(wav, 1)[:, 0], minlength=len(counts))
-    p = counts[counts > 0] / counts.sum()
+        first_level.append(codec.encode(wav, 1)[:, 0])
+    codes = np.concatenate(first_level)
     summary = {"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000}
     for key in ("si_snr", "mel_distance", "pesq", "stoi"):
         values = [r[key] for r in reports if key in r]
         if values:
             summary[key] = float(np.nanmean(values))
-    summary["perplexity_level1"] = float(np.exp(-(p * np.log(p)).sum()))
-    summary["codes_used_share_level1"] = float((counts > 0).mean())
+    summary["perplexity_level1"] = perplexity(codes, codec.config["num_codes"])
+    summary["codes_used_share_level1"] = len(np.unique(codes)) / codec.config["num_codes"]
     return summary

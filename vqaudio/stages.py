@@ -17,7 +17,7 @@ from vqaudio.config import Recipe
 from vqaudio.data.audio import AudioDataset, split_files
 from vqaudio.errors import VqaudioError
 from vqaudio.losses import ReconstructionLoss
-from vqaudio.metrics import si_snr
+from vqaudio.metrics import perplexity, si_snr
 from vqaudio.train import forever
 
 
@@ -63,10 +63,8 @@ class AudioVQVAEStage:
             metrics[f"loss_{n}lvl"] = total.item()
             metrics[f"si_snr_{n}lvl"] = float(snr)
         codes = out.q.codes.reshape(-1, out.q.codes.shape[-1])  # (N * frames, levels)
-        counts = torch.bincount(codes[:, 0], minlength=self.recipe.quantizer.num_codes)
-        probs = counts / counts.sum()
-        metrics["perplexity"] = float(torch.exp(-(probs * torch.log(probs + 1e-10)).sum()))
-        metrics["codes_used"] = float((counts > 0).sum())
+        metrics["perplexity"] = perplexity(codes[:, 0], self.recipe.quantizer.num_codes)
+        metrics["codes_used"] = float(codes[:, 0].unique().numel())
         for k, v in metrics.items():
             writer.add_scalar(f"{self.name}/val/{k}", v, step)
         for level in range(codes.shape[1]):
