@@ -189,7 +189,7 @@ def test_decode_with_another_model_is_an_error(run_dir, tmp_path):
     vqaudio("encode", src, "-o", tmp_path / "c.npz", "--model", run_dir)
     other = tmp_path / "other"
     vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", other, "--set", "train.steps=2",
-            "--set", "train.seed=1")
+            "--set", "train.seed=1", "--stage", "vqvae")
     p = vqaudio("decode", tmp_path / "c.npz", "-o", tmp_path / "d.wav", "--model", other, check=False)
     assert p.returncode == 1 and "another model" in p.stderr
     assert not (tmp_path / "d.wav").exists()
@@ -208,6 +208,85 @@ def test_train_bad_recipe_is_one_line(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_sample_not_available_yet_exits_nonzero():
-    p = vqaudio("sample", check=False)
-    assert p.returncode == 1 and "not available yet" in p.stderr
+def test_train_writes_the_prior_its_code_cache_and_logs(run_dir):
+    config = json.loads((run_dir / "prior" / "config.json").read_text())
+    vqvae = json.loads((run_dir / "vqvae" / "config.json").read_text())
+    assert config["kind"] == "audio-prior" and config["vqvae_model_id"] == vqvae["model_id"]
+    assert config["levels"] == 2 and len(config["labels"]) > 1
+    assert (run_dir / "codes-train.npz").is_file() and (run_dir / "codes-val.npz").is_file()
+    assert len(list((run_dir / "checkpoints").glob("prior-step*"))) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(run_dir / "tb"), size_guidance={"audio": 0}).Reload().Tags()
+    for scalar in ("prior/train/bits_per_code", "prior/val/bits_per_code", "prior/val/unigram_entropy_bits"):
+        assert scalar in tags["scalars"], scalar
+    assert any(t.startswith("prior/samples/") for t in tags["audio"])
+
+
+def test_prior_stage_alone_reuses_the_vqvae_and_its_code_cache(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cache = (run / "codes-train.npz").stat().st_mtime_ns
+    vqvae_id = json.loads((run / "vqvae" / "config.json").read_text())["model_id"]
+    vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", run, "--stage", "prior",
+            "--set", "prior_train.steps=3")
+    assert (run / "codes-train.npz").stat().st_mtime_ns == cache  # encoded once, reused
+    assert json.loads((run / "vqvae" / "config.json").read_text())["model_id"] == vqvae_id
+    p = vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", tmp_path / "empty", "--stage", "prior",
+                check=False)
+    assert p.returncode == 1 and "no trained VQ-VAE" in p.stderr and "--stage vqvae" in p.stderr
+
+
+def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
+    p = vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "--num", "3", "-o", tmp_path / "s.wav",
+                "--label", "3", "--seed", "4", "--top-k", "8", "--temperature", "0.9")
+    paths = [tmp_path / f"s-{i}.wav" for i in (1, 2, 3)]
+    assert p.stdout.split() and all(str(path) in p.stdout for path in paths)
+    assert "label 3" in p.stdout
+    waves = []
+    for path in paths:
+        info = sf.info(path)
+        assert info.samplerate == 8000 and info.frames == round(0.77 * 8000) and info.channels == 1
+        wav, _ = sf.read(path)
+        assert np.isfinite(wav).all() and np.abs(wav).max() <= 1.0
+        waves.append(wav)
+    again = tmp_path / "again.wav"
+    vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "--num", "1", "-o", again, "--label", "3",
+            "--seed", "4", "--top-k", "8", "--temperature", "0.9")
+    np.testing.assert_array_equal(sf.read(again)[0], waves[0])  # same seed, same first clip
+    vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "-o", again, "--label", "3", "--seed", "6",
+            "--top-k", "8", "--temperature", "0.9")
+    np.testing.assert_array_equal(sf.read(again)[0], waves[2])  # clip i of seed S = clip of seed S+i
+    vqaudio("sample", "--model", run_dir / "prior", "-o", tmp_path / "one.wav", "--seconds", "0.5")
+    assert sf.info(tmp_path / "one.wav").frames == 4000
+
+
+@pytest.mark.parametrize("case", ["no_prior", "unknown_label", "zero_seconds", "negative_seconds",
+                                  "missing_model", "bad_top_p", "missing_folder", "not_wav"])
+def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
+    import shutil
+
+    out = tmp_path / "s.wav"
+    args = {"no_prior": ["--model", run_dir / "vqvae"], "unknown_label": ["--label", "11"],
+            "zero_seconds": ["--seconds", "0"], "negative_seconds": ["--seconds", "-2"],
+            "missing_model": ["--model", tmp_path / "nowhere"], "bad_top_p": ["--top-p", "1.5"],
+            "missing_folder": ["-o", tmp_path / "no" / "s.wav"], "not_wav": ["-o", tmp_path / "s.mp3"]}[case]
+    if case == "no_prior":
+        shutil.copytree(run_dir / "vqvae", tmp_path / "run" / "vqvae")
+        args = ["--model", tmp_path / "run"]
+    if "--model" not in args:
+        args += ["--model", run_dir]
+    if "-o" not in args:
+        args += ["-o", out]
+    before = sorted(tmp_path.rglob("*"))
+    p = vqaudio("sample", *args, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    expected = {"no_prior": "has no prior", "unknown_label": "not a label this prior was trained with",
+                "zero_seconds": "--seconds must be positive", "negative_seconds": "--seconds must be positive",
+                "missing_model": "no such folder", "bad_top_p": "--top-p",
+                "missing_folder": "does not exist", "not_wav": "ending in .wav"}[case]
+    assert expected in lines[0]
+    assert sorted(tmp_path.rglob("*")) == before

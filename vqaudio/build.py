@@ -11,6 +11,7 @@ from vqaudio.checkpoint import load_into, read_config
 from vqaudio.config import Recipe, from_dict
 from vqaudio.errors import VqaudioError
 from vqaudio.nn.audio import Decoder1d, Encoder1d
+from vqaudio.priors.wavenet import WaveNetPrior
 from vqaudio.quantizer import ResidualVQ
 from vqaudio.vqvae import VQVAE
 
@@ -62,5 +63,46 @@ def load_audio_vqvae(path: str | Path) -> tuple[VQVAE, dict[str, Any]]:
     except (KeyError, TypeError) as e:
         raise VqaudioError(f"model {path}: config.json lacks a valid recipe ({e})") from None
     model = build_audio_vqvae(recipe)
+    load_into(model, path)
+    return model.eval(), config
+
+
+AUDIO_PRIOR = "audio-prior"
+
+
+def build_audio_prior(recipe: Recipe, num_labels: int) -> WaveNetPrior:
+    p = recipe.prior
+    return WaveNetPrior(recipe.quantizer.num_codes, levels=p.levels, channels=p.channels,
+                        cycles=p.cycles, layers_per_cycle=p.layers_per_cycle, num_labels=num_labels)
+
+
+def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """config.json of a prior: which VQ-VAE's codes it models, at how many levels (hence the
+    bitrate of what it samples), its label vocabulary and the resolved recipe."""
+    levels = recipe.prior.levels
+    return {
+        "kind": AUDIO_PRIOR,
+        "vqvae_model_id": vqvae_config["model_id"],
+        "sample_rate": vqvae_config["sample_rate"],
+        "frames_per_second": vqvae_config["frames_per_second"],
+        "num_codes": recipe.quantizer.num_codes,
+        "levels": levels,
+        "bitrate_bps": vqvae_config["bitrate_bps"][str(levels)],
+        "labels": labels,  # label i of the model is labels[i]; [] when unconditioned
+        "receptive_field_frames": 1 + recipe.prior.cycles * (2 ** recipe.prior.layers_per_cycle - 1),
+        "recipe": recipe.to_dict(),
+    }
+
+
+def load_audio_prior(path: str | Path) -> tuple[WaveNetPrior, dict[str, Any]]:
+    """Rebuild an audio prior from its model directory; eval mode."""
+    config = read_config(path)
+    if config["kind"] != AUDIO_PRIOR:
+        raise VqaudioError(f"model {path}: is a '{config['kind']}' model, not an audio prior")
+    try:
+        recipe = from_dict(config["recipe"], f"{path}/config.json")
+        model = build_audio_prior(recipe, len(config["labels"]))
+    except (KeyError, TypeError) as e:
+        raise VqaudioError(f"model {path}: config.json lacks a valid recipe ({e})") from None
     load_into(model, path)
     return model.eval(), config

@@ -53,10 +53,6 @@ def _run(fn: Callable[[], object]) -> None:
         raise typer.Exit(130)
 
 
-def _not_yet(name: str, issue: str) -> None:
-    raise VqaudioError(f"'vqaudio {name}' is not available yet in this version ({issue})")
-
-
 Paths = Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.",
                                              show_default=False)]
 ModelOpt = Annotated[Optional[Path], typer.Option(
@@ -74,7 +70,7 @@ def train(
         "--set", "-s", help="Override a recipe value: section.key=value (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run folder (default: runs/<recipe name>).")] = None,
-    stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae.")] = "all",
+    stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae | prior (prior reuses the run's VQ-VAE).")] = "all",
 ) -> None:
     def go():
         from vqaudio.config import load_recipe
@@ -82,8 +78,10 @@ def train(
 
         r = load_recipe(recipe, set_ or [])
         run_dir = train_recipe(r, out, stage)
-        typer.echo(f"trained {r.name}: model in {run_dir / 'vqvae'}, TensorBoard logs in {run_dir / 'tb'}")
+        typer.echo(f"trained {r.name}: models in {run_dir}, TensorBoard logs in {run_dir / 'tb'}")
         typer.echo(f"try: vqaudio resynth some.wav --model {run_dir}")
+        if stage != "vqvae":
+            typer.echo(f"     vqaudio sample --seconds 2 --model {run_dir}")
     _run(go)
 
 
@@ -111,9 +109,32 @@ def resynth(
     _run(go)
 
 
-@app.command(help="Generate new audio from a model's prior.")
-def sample() -> None:
-    _run(lambda: _not_yet("sample", "the audio prior is not built yet"))
+@app.command(help="Generate new audio from a model's prior: sample codes, decode, write WAVs.")
+def sample(
+    seconds: Annotated[float, typer.Option("--seconds", "-t", help="Duration of each clip.")] = 2.0,
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", "-m", help="Training run folder with vqvae/ and prior/ (default: the pretrained model).")] = None,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="WAV file to write; with --num N, NAME-1.wav … NAME-N.wav.")] = Path("sample.wav"),
+    num: Annotated[int, typer.Option("--num", "-n", help="How many clips.")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sharpen (<1) or flatten (>1); 0 = most likely codes.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k most likely codes (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same audio.")] = 0,
+    label: Annotated[Optional[str], typer.Option(
+        "--label", help="Condition on a label (for the speech model: the digit to say, 0-9).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
+) -> None:
+    def go():
+        from vqaudio.generate import sample_audio
+        from vqaudio.priors.sampling import Controls
+
+        controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        for r in sample_audio(model, seconds, num, output, controls, label, progress=not json_):
+            said = f", label {r['label']}" if r["label"] is not None else ""
+            typer.echo(_json(r) if json_ else f"{r['output']}: {r['duration_s']:.3g} s at "
+                       f"{r['bitrate_kbps']:.3g} kb/s ({r['levels']} levels){said}")
+    _run(go)
 
 
 @app.command(help="Encode an audio file to a codes file (.npz).")

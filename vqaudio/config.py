@@ -83,6 +83,22 @@ class TrainConfig:
 
 
 @dataclass
+class PriorConfig:
+    levels: int = 2  # residual-VQ levels the prior models (sampled audio decodes at that bitrate)
+    channels: int = 64
+    cycles: int = 2  # dilations 1, 2, … 2^(layers_per_cycle-1), repeated this many times
+    layers_per_cycle: int = 7  # receptive field 1 + cycles · (2^layers_per_cycle - 1) frames
+    conditional: bool = False  # condition on the label taken by data.label_regex
+    sequence_frames: int = 128  # length of the training crops of code sequences
+    pad_seconds: float = 0.25  # silence added before and after each file before encoding
+    sample_seconds: float = 2.0  # length of the clips sampled into TensorBoard at validation
+
+
+def _prior_train() -> "TrainConfig":
+    return TrainConfig(steps=1500, batch_size=32, lr=2e-3, val_every=250, checkpoint_every=500)
+
+
+@dataclass
 class Recipe:
     name: str = "speech"
     data: DataConfig = field(default_factory=DataConfig)
@@ -90,6 +106,8 @@ class Recipe:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    prior_train: TrainConfig = field(default_factory=_prior_train)  # the prior stage's loop
     source: str = field(default="", metadata={"internal": True})  # the recipe file, for messages
 
     def resolve(self, path: str) -> Path:
@@ -196,22 +214,28 @@ def validate(r: Recipe) -> None:
         "data.sample_rate": r.data.sample_rate, "data.segment_seconds": r.data.segment_seconds,
         "model.channels": r.model.channels, "model.latent_dim": r.model.latent_dim,
         "model.max_channels": r.model.max_channels, "quantizer.levels": r.quantizer.levels,
-        "train.steps": r.train.steps, "train.batch_size": r.train.batch_size,
-        "train.lr": r.train.lr, "train.log_every": r.train.log_every,
-        "train.val_every": r.train.val_every, "train.checkpoint_every": r.train.checkpoint_every,
-        "train.keep_checkpoints": r.train.keep_checkpoints, "quantizer.kmeans_iters": r.quantizer.kmeans_iters,
+        "quantizer.kmeans_iters": r.quantizer.kmeans_iters, "prior.levels": r.prior.levels,
+        "prior.channels": r.prior.channels, "prior.cycles": r.prior.cycles,
+        "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
     }
+    for name in ("train", "prior_train"):  # the two stages' training loops
+        t = getattr(r, name)
+        positive.update({f"{name}.{k}": getattr(t, k) for k in (
+            "steps", "batch_size", "lr", "log_every", "val_every", "checkpoint_every", "keep_checkpoints")})
     for label, value in positive.items():
         if not value > 0:
             raise bad(label, f"must be positive, got {value}")
     non_negative = {
         "model.res_blocks": r.model.res_blocks, "quantizer.beta": r.quantizer.beta,
         "quantizer.restart_after": r.quantizer.restart_after, "quantizer.code_dim": r.quantizer.code_dim,
-        "train.warmup_steps": r.train.warmup_steps, "train.grad_clip": r.train.grad_clip,
-        "train.weight_decay": r.train.weight_decay, "train.num_threads": r.train.num_threads,
+        "prior.pad_seconds": r.prior.pad_seconds,
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1, "loss.stft": r.loss.stft,
         "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
     }
+    for name in ("train", "prior_train"):
+        t = getattr(r, name)
+        non_negative.update({f"{name}.{k}": getattr(t, k) for k in (
+            "warmup_steps", "grad_clip", "weight_decay", "num_threads")})
     for label, value in non_negative.items():
         if value < 0:
             raise bad(label, f"must not be negative, got {value}")
@@ -230,6 +254,14 @@ def validate(r: Recipe) -> None:
         raise bad("data.val_fraction", f"must be between 0 and 1, got {r.data.val_fraction}")
     if r.data.segment_seconds * r.data.sample_rate < r.model.hop:
         raise bad("data.segment_seconds", f"gives fewer samples than one hop ({r.model.hop})")
+    if r.prior.levels > r.quantizer.levels:
+        raise bad("prior.levels", f"is {r.prior.levels}, but the VQ-VAE has only "
+                  f"quantizer.levels = {r.quantizer.levels}")
+    if r.prior.sequence_frames < 2:
+        raise bad("prior.sequence_frames", f"must be at least 2, got {r.prior.sequence_frames}")
+    if r.prior.conditional and not r.data.label_regex:
+        raise bad("prior.conditional", "is true but data.label_regex is empty; set a regex whose "
+                  "first group is the label, or set prior.conditional = false")
     if not r.name or "/" in r.name:
         raise bad("name", f"must be a plain folder name, got {r.name!r}")
     if not r.data.folders:

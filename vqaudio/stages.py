@@ -3,7 +3,9 @@ saving); the loop in train.py is shared."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -11,13 +13,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from vqaudio.audio_io import list_audio_files
-from vqaudio.build import audio_model_config, build_audio_vqvae
+from vqaudio.build import audio_model_config, audio_prior_config, build_audio_prior, build_audio_vqvae
 from vqaudio.checkpoint import save_model_dir
+from vqaudio.codec import Codec, load_codec
 from vqaudio.config import Recipe
-from vqaudio.data.audio import AudioDataset, split_files
+from vqaudio.data.audio import AudioDataset, label_of, split_files
+from vqaudio.data.codes import CodeSequences, encode_files
 from vqaudio.errors import VqaudioError
 from vqaudio.losses import ReconstructionLoss
-from vqaudio.metrics import perplexity, si_snr
+from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
+from vqaudio.priors.sampling import Controls
 from vqaudio.train import forever
 
 
@@ -27,7 +32,10 @@ def audio_splits(recipe: Recipe) -> tuple[list[Path], list[Path]]:
     files = list_audio_files([recipe.resolve(f) for f in d.folders])
     train, val = split_files(files, d.val_regex or None, d.val_fraction)
     if d.max_files:
-        train, val = train[: d.max_files], val[: max(1, d.max_files // 4)]
+        # An evenly spread subset, so a few files still cover every label and speaker.
+        train = train[:: max(1, len(train) // d.max_files)][: d.max_files]
+        n_val = max(1, d.max_files // 4)
+        val = val[:: max(1, len(val) // n_val)][:n_val]
     return train, val
 
 
@@ -112,3 +120,94 @@ def audio_vqvae_stage(recipe: Recipe):
     loader = DataLoader(train_set, batch_size=recipe.train.batch_size, shuffle=True,
                         drop_last=len(train_set) >= recipe.train.batch_size, generator=generator)
     return AudioVQVAEStage(recipe, val_set), forever(loader)
+
+
+class AudioPriorStage:
+    """Teacher-forced cross-entropy of the WaveNet prior on cached code sequences."""
+
+    name = "prior"
+
+    def __init__(self, recipe: Recipe, codec: Codec, val: CodeSequences, labels: list[str]):
+        self.recipe, self.codec, self.val, self.labels = recipe, codec, val, labels
+        self.levels = recipe.prior.levels
+        self.model = build_audio_prior(recipe, len(labels))
+
+    def _labels(self, labels: Tensor) -> Tensor | None:
+        return labels if self.labels else None
+
+    def loss(self, batch) -> tuple[Tensor, dict[str, float]]:
+        codes, labels, _ = batch  # silence padding is data too: samples should end in silence
+        nll = self.model.nll(codes, self._labels(labels))
+        return nll, {"loss": nll.item(), "bits_per_code": nll.item() / math.log(2)}
+
+    def validate(self, writer, step: int) -> dict[str, float]:
+        """NLL in bits per code on the validation files (real frames only) beside the unigram
+        entropy of their codes; a few sampled clips as audio."""
+        longest = max(len(s) for s in self.val.sequences)
+        total, count = 0.0, 0
+        for start in range(0, len(self.val), 64):
+            index = list(range(start, min(start + 64, len(self.val))))
+            codes, labels, mask = self.val.batch(index, longest, None, self.levels)
+            n = int(mask.sum()) * self.levels
+            total += self.model.nll(codes, self._labels(labels), mask).item() * n
+            count += n
+        codes = self.val.all_codes(self.levels)
+        metrics = {
+            "bits_per_code": total / count / math.log(2),
+            "unigram_entropy_bits": float(np.mean([
+                unigram_entropy_bits(codes[:, l], self.recipe.quantizer.num_codes) for l in range(self.levels)])),
+        }
+        for k, v in metrics.items():
+            writer.add_scalar(f"{self.name}/val/{k}", v, step)
+        for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, Controls(seed=step))):
+            tag = f"label_{self.labels[i % len(self.labels)]}" if self.labels else str(i)
+            writer.add_audio(f"{self.name}/samples/{tag}", torch.from_numpy(wav).clamp(-1, 1), step,
+                             sample_rate=self.codec.sample_rate)
+        return metrics
+
+    def sample(self, num: int, seconds: float, controls: Controls) -> list[np.ndarray]:
+        labels = torch.arange(num) % len(self.labels) if self.labels else None
+        frames = math.ceil(seconds * self.codec.config["frames_per_second"])
+        codes = self.model.generate(num, frames, controls, labels)
+        length = round(seconds * self.codec.sample_rate)
+        return [self.codec.decode(c.numpy(), length) for c in codes]
+
+    def save(self, directory: Path) -> None:
+        save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels))
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of indices: a fresh permutation every epoch, from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield order[i: i + batch_size]
+
+
+def audio_prior_stage(recipe: Recipe, run_dir: Path):
+    """The prior stage and an endless iterator of (codes, labels, mask) training crops. The
+    VQ-VAE is the one in ``run_dir/vqvae``; the data set is encoded once and cached beside it."""
+    if not (run_dir / "vqvae" / "config.json").is_file():
+        raise VqaudioError(f"no trained VQ-VAE in {run_dir / 'vqvae'}; train it first with "
+                           f"'vqaudio train {recipe.source or 'RECIPE'} --stage vqvae --out {run_dir}'")
+    codec = load_codec(run_dir / "vqvae")
+    if codec.config["num_codes"] != recipe.quantizer.num_codes or codec.max_levels < recipe.prior.levels:
+        raise VqaudioError(f"the VQ-VAE in {run_dir / 'vqvae'} was trained with another quantizer "
+                           f"({codec.max_levels} x {codec.config['num_codes']} codes); retrain it "
+                           "with --stage all or use the recipe it was trained with")
+    train_files, val_files = audio_splits(recipe)
+    vocab: list[str] = []
+    if recipe.prior.conditional:
+        names = [label_of(f, recipe.data.label_regex) for f in train_files + val_files]
+        vocab = sorted(set(names), key=lambda s: (len(s), s))  # "2" before "10"
+        ids = [vocab.index(n) for n in names]
+    else:
+        ids = [0] * (len(train_files) + len(val_files))
+    p = recipe.prior
+    train = encode_files(codec, train_files, ids[: len(train_files)], p.pad_seconds, run_dir / "codes-train.npz")
+    val = encode_files(codec, val_files, ids[len(train_files):], p.pad_seconds, run_dir / "codes-val.npz")
+    generator = torch.Generator().manual_seed(recipe.prior_train.seed)
+    batches = (train.batch(index, p.sequence_frames, generator, p.levels)
+               for index in shuffled_batches(len(train), recipe.prior_train.batch_size, recipe.prior_train.seed))
+    return AudioPriorStage(recipe, codec, val, vocab), batches

@@ -113,26 +113,38 @@ def save_checkpoint(stage: Stage, run_dir: Path, step: int, keep: int) -> Path:
     return path
 
 
-STAGES = ("vqvae", "all")
+STAGES = ("vqvae", "prior", "all")
 
 
 def train_recipe(recipe: Recipe, out: Path | None = None, stage: str = "all") -> Path:
-    """Train the stages of a recipe into ``out`` (default ``runs/<recipe name>``)."""
+    """Train the stages of a recipe into ``out`` (default ``runs/<recipe name>``): the VQ-VAE
+    (``run/vqvae``), then the prior over its codes (``run/prior``). ``stage="prior"`` reuses
+    the VQ-VAE already in the run folder."""
     if stage not in STAGES:
         raise VqaudioError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
     from torch.utils.tensorboard import SummaryWriter
 
-    from vqaudio.stages import audio_vqvae_stage
+    from vqaudio.stages import audio_prior_stage, audio_vqvae_stage
 
     run_dir = Path(out) if out else Path("runs") / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    if recipe.train.num_threads:
-        torch.set_num_threads(recipe.train.num_threads)
     writer = SummaryWriter(str(run_dir / "tb"))
     try:
-        seed_everything(recipe.train.seed)
-        vq_stage, batches = audio_vqvae_stage(recipe)
-        fit(vq_stage, batches, recipe.train, run_dir, writer)
+        if stage in ("vqvae", "all"):
+            _threads(recipe.train)
+            seed_everything(recipe.train.seed)
+            vq_stage, batches = audio_vqvae_stage(recipe)
+            fit(vq_stage, batches, recipe.train, run_dir, writer)
+        if stage in ("prior", "all"):
+            _threads(recipe.prior_train)
+            seed_everything(recipe.prior_train.seed)
+            prior_stage, batches = audio_prior_stage(recipe, run_dir)
+            fit(prior_stage, batches, recipe.prior_train, run_dir, writer)
     finally:
         writer.close()
     return run_dir
+
+
+def _threads(cfg: TrainConfig) -> None:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)

@@ -1,0 +1,176 @@
+"""The WaveNet prior: causality, per-level heads, cached sampling equal to the reference,
+sampling controls, and learning a Markov source to its entropy rate."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from vqaudio.priors.sampling import Controls, Sampler, filter_logits, reference_sample
+from vqaudio.priors.wavenet import WaveNetPrior, sequence_logits_fn
+
+
+def randomised(prior: WaveNetPrior, std: float = 0.5) -> WaveNetPrior:
+    """A zero output head hides leaks (all logits equal): give it random weights."""
+    torch.manual_seed(1)
+    for head in prior.heads:
+        torch.nn.init.normal_(head[-1].weight, std=std)
+        torch.nn.init.normal_(head[-1].bias, std=std)
+    return prior.eval()
+
+
+def test_loss_at_init_is_log_k():
+    prior = WaveNetPrior(32, levels=2, channels=16, cycles=1, layers_per_cycle=3)
+    codes = torch.randint(32, (3, 20, 2))
+    assert prior.nll(codes).item() == pytest.approx(math.log(32), rel=1e-6)
+
+
+def test_receptive_field_default_covers_a_second_of_codes():
+    prior = WaveNetPrior(512, levels=2)  # the speech recipe's shape; 125 frames per second
+    assert prior.receptive_field == 1 + 2 * 127 >= 125
+
+
+def test_init_nonzero_std_does_not_hide_leaks():
+    """Guard for the contract test: the randomised head makes logits depend on the input."""
+    prior = randomised(WaveNetPrior(16, levels=2, channels=8, cycles=1, layers_per_cycle=3))
+    a, b = torch.randint(16, (2, 1, 12, 2))
+    assert not torch.allclose(prior(a)[:, -1], prior(b)[:, -1])
+
+
+def test_per_level_heads_see_lower_levels_of_the_same_frame_only():
+    prior = randomised(WaveNetPrior(16, levels=3, channels=8, cycles=1, layers_per_cycle=3))
+    codes = torch.randint(16, (1, 10, 3))
+    base = prior(codes)
+    t = 6
+    changed = codes.clone()
+    changed[0, t, 0] = (codes[0, t, 0] + 1) % 16  # level 0 of frame t
+    out = prior(changed)
+    assert_close(out[0, :t], base[0, :t])
+    assert_close(out[0, t, 0], base[0, t, 0])  # level 0's own logits do not see it
+    assert not torch.allclose(out[0, t, 1], base[0, t, 1])  # levels above do
+    assert not torch.allclose(out[0, t, 2], base[0, t, 2])
+    changed = codes.clone()
+    changed[0, t, 2] = (codes[0, t, 2] + 1) % 16  # the top level of frame t: seen only later
+    out = prior(changed)
+    assert_close(out[0, : t + 1], base[0, : t + 1])
+    assert not torch.allclose(out[0, t + 1], base[0, t + 1])
+
+
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_cached_sampler_equals_full_recompute_reference(conditioned):
+    prior = randomised(WaveNetPrior(24, levels=2, channels=16, cycles=2, layers_per_cycle=3,
+                                    num_labels=4 if conditioned else 0))
+    labels = torch.tensor([0, 3, 1]) if conditioned else None
+    for controls in (Controls(seed=7), Controls(temperature=0.7, top_k=5, seed=3),
+                     Controls(temperature=1.3, top_p=0.8, seed=11)):
+        cached = prior.generate(3, 30, controls, labels)
+        reference = reference_sample(sequence_logits_fn(prior, labels), (30, 2), 3, controls)
+        assert torch.equal(cached, reference)
+        assert cached.unique().numel() > 3  # a real draw, not a constant
+
+
+def test_same_seed_same_codes_other_seed_other_codes():
+    prior = randomised(WaveNetPrior(24, levels=2, channels=16, cycles=1, layers_per_cycle=3))
+    a = prior.generate(3, 25, Controls(seed=5))
+    assert torch.equal(a, prior.generate(3, 25, Controls(seed=5)))
+    assert not torch.equal(a, prior.generate(3, 25, Controls(seed=6)))
+    # Row i uses seed + i: a row does not depend on the batch it was drawn in.
+    assert torch.equal(a[1:2], prior.generate(1, 25, Controls(seed=6)))
+    assert torch.equal(a[:1], prior.generate(1, 25, Controls(seed=5)))
+
+
+def greedy(prior, batch, frames):
+    codes = torch.zeros(batch, frames, prior.levels, dtype=torch.long)
+    for t in range(frames):
+        for l in range(prior.levels):
+            codes[:, t, l] = prior(codes)[:, t, l].argmax(-1)
+    return codes
+
+
+def test_temperature_towards_zero_is_argmax():
+    prior = randomised(WaveNetPrior(24, levels=2, channels=16, cycles=1, layers_per_cycle=3), std=2.0)
+    expected = greedy(prior, 2, 20)
+    assert torch.equal(prior.generate(2, 20, Controls(temperature=0)), expected)
+    assert torch.equal(prior.generate(2, 20, Controls(temperature=1e-4, seed=9)), expected)
+    assert torch.equal(prior.generate(2, 20, Controls(top_k=1, seed=9)), expected)
+    assert not torch.equal(prior.generate(2, 20, Controls(temperature=1.0, seed=9)), expected)
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = lambda c: torch.isfinite(filter_logits(logits, c))[0].tolist()
+    assert kept(Controls(top_k=2)) == [True, True, False, False]
+    assert kept(Controls(top_p=0.7)) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.7
+    assert kept(Controls(top_p=0.5)) == [True, False, False, False]
+    assert kept(Controls(top_p=0.96)) == [True, True, True, True]
+    assert kept(Controls(top_p=0.9)) == [True, True, True, False]
+    shuffled = logits[:, [2, 0, 3, 1]]  # the rule follows the values, not the positions
+    assert torch.isfinite(filter_logits(shuffled, Controls(top_p=0.7)))[0].tolist() == [False, True, False, True]
+
+
+def test_sampler_draws_follow_the_softmax():
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    sampler = Sampler(Controls(seed=0), 1000, 20)
+    draws = torch.cat([sampler(probs.log().expand(1000, 4), i) for i in range(20)])
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    assert_close(freq, probs, atol=0.01, rtol=0)
+    hot = Sampler(Controls(temperature=2.0, seed=0), 1000, 20)
+    draws = torch.cat([hot(probs.log().expand(1000, 4), i) for i in range(20)])
+    flat = (probs ** 0.5) / (probs ** 0.5).sum()  # temperature 2 = square root of p
+    assert_close(torch.bincount(draws, minlength=4).float() / draws.numel(), flat, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (Controls(temperature=-1), "--temperature"), (Controls(top_k=-2), "--top-k"),
+    (Controls(top_p=0), "--top-p"), (Controls(top_p=1.5), "--top-p"),
+])
+def test_bad_controls_are_errors(bad, message):
+    from vqaudio.errors import VqaudioError
+
+    with pytest.raises(VqaudioError, match=message):
+        bad.check()
+
+
+def markov_batch(transition: torch.Tensor, batch: int, frames: int, generator) -> torch.Tensor:
+    """(B, T, 2): level 0 a Markov chain, level 1 a fixed function of level 0 at the same frame."""
+    k = transition.shape[0]
+    states = torch.zeros(batch, frames, dtype=torch.long)
+    states[:, 0] = torch.randint(k, (batch,), generator=generator)
+    for t in range(1, frames):
+        states[:, t] = torch.multinomial(transition[states[:, t - 1]], 1, generator=generator)[:, 0]
+    return torch.stack([states, (3 * states + 1) % k], dim=-1)
+
+
+def test_prior_learns_a_markov_source_to_its_entropy_rate():
+    torch.manual_seed(0)
+    k = 8
+    # From state s: s+1 with p = 0.8, s+3 with p = 0.2 (mod 8). Entropy rate H(0.8) = 0.722 bits.
+    transition = torch.zeros(k, k)
+    for s in range(k):
+        transition[s, (s + 1) % k], transition[s, (s + 3) % k] = 0.8, 0.2
+    entropy_rate = -(0.8 * math.log2(0.8) + 0.2 * math.log2(0.2))
+    prior = WaveNetPrior(k, levels=2, channels=32, cycles=1, layers_per_cycle=3)
+    opt = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(250):
+        codes = markov_batch(transition, 16, 48, g)
+        loss = prior.nll(codes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    prior.eval()
+    with torch.no_grad():
+        codes = markov_batch(transition, 64, 48, g)
+        logits = prior(codes)[:, 1:]  # frame 0 has no past: uniform, log2 8 bits
+        nll = F.cross_entropy(logits.flatten(0, 2), codes[:, 1:].flatten(), reduction="none").view(64, 47, 2)
+        bits0 = nll[..., 0].mean().item() / math.log(2)
+        bits1 = nll[..., 1].mean().item() / math.log(2)
+    assert bits0 < entropy_rate + 0.08, bits0  # near the true rate, far below log2 8 = 3
+    assert bits1 < 0.05, bits1  # level 1 is determined by level 0 of the same frame
+    # Samples follow the chain: almost every step is +1 or +3.
+    sample = prior.generate(4, 200, Controls(seed=0))[..., 0]
+    steps = (sample[:, 1:] - sample[:, :-1]) % k
+    assert ((steps == 1) | (steps == 3)).float().mean() > 0.97
+    assert 0.7 < (steps == 1).float().mean() < 0.9

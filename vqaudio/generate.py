@@ -1,0 +1,105 @@
+"""New audio from a trained prior: sample code sequences, decode them with the VQ-VAE, write WAVs."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vqaudio.audio_io import write_audio
+from vqaudio.build import AUDIO_PRIOR, AUDIO_VQVAE, load_audio_prior
+from vqaudio.checkpoint import read_config
+from vqaudio.codec import PRETRAINED, load_codec
+from vqaudio.errors import VqaudioError
+from vqaudio.priors.sampling import Controls
+
+
+def resolve_run(model: str | Path | None) -> tuple[Path, Path]:
+    """(vqvae folder, prior folder) of a training run folder, of a prior folder whose parent
+    holds the VQ-VAE, or of the pretrained model when ``model`` is None."""
+    if model is None:
+        if not (PRETRAINED / "prior" / "config.json").is_file():
+            raise VqaudioError("no model given and no pretrained prior is installed; train one with "
+                               "'vqaudio train recipes/speech.toml' and pass --model runs/speech")
+        return PRETRAINED / "vqvae", PRETRAINED / "prior"
+    path = Path(model)
+    if not path.exists():
+        raise VqaudioError(f"model {path}: no such folder; pass a training run folder such as runs/speech")
+    if (path / "config.json").is_file():  # a model folder inside a run folder: use the run
+        if read_config(path)["kind"] not in (AUDIO_PRIOR, AUDIO_VQVAE):
+            raise VqaudioError(f"model {path}: is a '{read_config(path)['kind']}' model, not an audio model")
+        path = path.parent
+    if not (path / "prior" / "config.json").is_file():
+        raise VqaudioError(f"model {path}: has no prior (no prior/config.json); train one with "
+                           f"'vqaudio train RECIPE --stage prior --out {path}' or pass a run folder that has one")
+    return path / "vqvae", path / "prior"
+
+
+def output_paths(output: Path, num: int) -> list[Path]:
+    """``out.wav`` for one sample; ``out-1.wav`` … ``out-N.wav`` for several."""
+    if num == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, num + 1)]
+
+
+def sample_audio(model: str | Path | None, seconds: float, num: int = 1,
+                 output: Path = Path("sample.wav"), controls: Controls = Controls(),
+                 label: str | None = None, progress: bool = True) -> list[dict]:
+    """Sample ``num`` clips of exactly ``seconds`` and write them; one result dict per file."""
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise VqaudioError(f"--seconds must be positive, got {seconds}")
+    if num < 1:
+        raise VqaudioError(f"--num must be at least 1, got {num}")
+    if output.suffix.lower() != ".wav":
+        raise VqaudioError(f"-o {output}: sampled audio is written as WAV; give a name ending in .wav")
+    if not output.parent.is_dir():
+        raise VqaudioError(f"-o {output}: folder {output.parent} does not exist; create it first")
+    controls.check()
+    vqvae_dir, prior_dir = resolve_run(model)
+    codec = load_codec(vqvae_dir)
+    prior, config = load_audio_prior(prior_dir)
+    if config["vqvae_model_id"] != codec.config["model_id"]:
+        raise VqaudioError(f"model {prior_dir}: this prior was trained on the codes of another VQ-VAE "
+                           f"(id {config['vqvae_model_id']}, {vqvae_dir} is {codec.config['model_id']}); "
+                           "retrain it with --stage prior")
+    vocab: list[str] = config["labels"]
+    labels, names = _labels(vocab, label, num, controls.seed)
+
+    frames = math.ceil(seconds * config["frames_per_second"])
+    length = round(seconds * codec.sample_rate)
+    bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
+    codes = prior.generate(num, frames, controls, labels, progress=lambda t: bar.update(t - bar.n))
+    bar.close()
+    results = []
+    for path, c, name in zip(output_paths(output, num), codes, names):
+        wav = np.clip(codec.decode(c.numpy(), length), -1.0, 1.0)
+        write_audio(path, wav, codec.sample_rate)
+        results.append({"output": str(path), "duration_s": length / codec.sample_rate,
+                        "sample_rate": codec.sample_rate, "label": name, "levels": config["levels"],
+                        "bitrate_kbps": config["bitrate_bps"] / 1000})
+    return results
+
+
+def _labels(vocab: list[str], label: str | None, num: int, seed: int):
+    """Label tensor for the prior and the label names: the asked one, or (for a conditioned
+    prior given none) labels drawn from the seed."""
+    if not vocab:
+        if label is not None:
+            raise VqaudioError(f"--label {label}: this prior was trained without labels; "
+                               "leave out --label (or train with prior.conditional = true)")
+        return None, [None] * num
+    if label is not None:
+        if label not in vocab:
+            raise VqaudioError(f"--label {label}: not a label this prior was trained with; "
+                               f"choose one of {', '.join(vocab)}")
+        ids = torch.full((num,), vocab.index(label), dtype=torch.long)
+    else:
+        # Row i's label comes from seed + i, like its codes: clip i of --num N --seed S is
+        # the clip of --seed S+i.
+        ids = torch.tensor([int(torch.randint(len(vocab), (), generator=torch.Generator().manual_seed(seed + i)))
+                            for i in range(num)])
+    return ids, [vocab[i] for i in ids.tolist()]

@@ -1,0 +1,96 @@
+"""Sampling controls (temperature, top-k, top-p, seed) and the one ancestral loop.
+
+A draw is Gumbel-max over the filtered, tempered logits: ``argmax(logits / T + g)`` with
+``g ~ Gumbel(0, 1)`` drawn from seeded generators, one ``(B, K)`` slice per position in
+sampling order. Any sampler that consumes the same noise in the same order (the reference loop
+here, the WaveNet's cached loop) makes the same draws from the same logits; temperature 0 is a
+plain argmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from vqaudio.errors import VqaudioError
+
+
+@dataclass(frozen=True)
+class Controls:
+    temperature: float = 1.0  # 0 = always the most likely code
+    top_k: int = 0  # keep the k most likely codes (0 = all)
+    top_p: float = 1.0  # keep the smallest set whose probability reaches p (1 = all)
+    seed: int = 0
+
+    def check(self) -> "Controls":
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise VqaudioError(f"--temperature must be 0 or more, got {self.temperature}")
+        if self.top_k < 0:
+            raise VqaudioError(f"--top-k must be 0 (off) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise VqaudioError(f"--top-p must be in (0, 1], got {self.top_p}")
+        return self
+
+
+def filter_logits(logits: Tensor, controls: Controls) -> Tensor:
+    """Logits (..., K) with codes outside top-k / top-p set to -inf (at least one kept)."""
+    if controls.top_k and controls.top_k < logits.shape[-1]:
+        kth = logits.topk(controls.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if controls.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a code when the codes before it already reach p; the first is always kept.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= controls.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+class Sampler:
+    """Turns logits into codes, position by position. Row b of the batch has its own noise
+    stream seeded with ``seed + b``, so a row's draws do not depend on the batch size: sample
+    i of ``--num N --seed S`` equals the one sample of ``--seed S+i``."""
+
+    def __init__(self, controls: Controls, batch: int, positions: int, device: torch.device | str = "cpu"):
+        self.controls = controls.check()
+        self.batch, self.positions, self.device = batch, positions, device
+        self.noise: Tensor | None = None  # (B, positions, K) uniform, drawn at the first call
+
+    def _uniform(self, num_codes: int) -> Tensor:
+        rows = [torch.rand((self.positions, num_codes), dtype=torch.float32,
+                           generator=torch.Generator().manual_seed(self.controls.seed + b))
+                for b in range(self.batch)]
+        return torch.stack(rows).clamp_(1e-20, 1.0).to(self.device)
+
+    def __call__(self, logits: Tensor, position: int) -> Tensor:
+        """logits (B, K) at flattened position ``position`` -> codes (B,) long."""
+        logits = filter_logits(logits.float(), self.controls)
+        if self.controls.temperature == 0:
+            return logits.argmax(-1)
+        if self.noise is None:
+            self.noise = -torch.log(-torch.log(self._uniform(logits.shape[-1])))  # Gumbel(0, 1)
+        return (logits / self.controls.temperature + self.noise[:, position]).argmax(-1)
+
+
+LogitsFn = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def reference_sample(logits_fn: LogitsFn, shape: tuple[int, ...], batch: int, controls: Controls,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """The plain ancestral loop: recompute ``logits_fn(codes)`` (B, *S, K) over the whole
+    code tensor for every position, in row-major order over ``shape`` (= S). O(N) full passes
+    for N positions: slow, obviously correct, the reference the fast samplers are tested
+    against."""
+    codes = torch.zeros((batch, *shape), dtype=torch.long, device=device)
+    flat = codes.view(batch, -1)
+    sampler = Sampler(controls, batch, flat.shape[1], device)
+    for i in range(flat.shape[1]):
+        logits = logits_fn(codes)
+        flat[:, i] = sampler(logits.reshape(batch, flat.shape[1], -1)[:, i], i)
+    return codes

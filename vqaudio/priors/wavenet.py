@@ -1,0 +1,167 @@
+"""A WaveNet over code sequences (arXiv:1609.03499), with per-level heads for residual VQ.
+
+Codes ``(B, T, L)``: T frames, L residual-VQ levels. The sampling order is row-major over
+``(T, L)``: frame by frame, and within a frame level 0 first. So
+
+* a causal stack of dilated convolutions (kernel 2, dilations 1, 2, 4 … in cycles, gated
+  tanh·sigmoid units, residual and skip paths) summarises frames ``< t`` into ``h_t``;
+* the head of level l predicts code ``(t, l)`` from ``h_t`` plus an embedding of the codes
+  ``(t, 0..l-1)`` already drawn at this frame.
+
+Causality comes from padding the past only (``F.pad(x, (d, 0))``) and from shifting the input
+one frame right. ``generate`` keeps, per layer, a queue of its last ``d`` inputs (Fast WaveNet,
+arXiv:1611.09482), so each new frame costs one pass through the layers: O(T · layers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vqaudio.priors.sampling import Controls, Sampler
+
+
+class GatedLayer(nn.Module):
+    """Dilated causal conv -> tanh·sigmoid gate -> 1×1 conv to (residual, skip)."""
+
+    def __init__(self, channels: int, dilation: int, num_labels: int):
+        super().__init__()
+        self.dilation = dilation
+        self.conv = nn.Conv1d(channels, 2 * channels, kernel_size=2, dilation=dilation)
+        self.out = nn.Conv1d(channels, 2 * channels, kernel_size=1)  # residual ‖ skip
+        self.label = nn.Embedding(num_labels, 2 * channels) if num_labels else None
+
+    def gate(self, h: Tensor) -> Tensor:
+        a, b = h.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def forward(self, x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x (B, C, T) -> (new x, skip), both (B, C, T)."""
+        h = self.conv(F.pad(x, (self.dilation, 0)))  # pads the past only: causal
+        if self.label is not None:
+            h = h + self.label(labels).unsqueeze(-1)
+        res, skip = self.out(self.gate(h)).chunk(2, dim=1)
+        return x + res, skip
+
+
+class WaveNetPrior(nn.Module):
+    """p(codes) over ``(B, T, L)`` code sequences with ``num_codes`` = K entries per level.
+
+    ``forward(codes, labels) -> logits (B, T, L, K)``; ``labels`` (B,) long when
+    ``num_labels`` > 0 (global conditioning, e.g. the spoken digit), else None.
+    """
+
+    def __init__(self, num_codes: int, levels: int = 1, channels: int = 64, cycles: int = 2,
+                 layers_per_cycle: int = 7, num_labels: int = 0):
+        super().__init__()
+        self.num_codes, self.levels, self.channels, self.num_labels = num_codes, levels, channels, num_labels
+        # The prior's own embeddings of code indices (level l's code c is row l·K + c): one
+        # for the past frames the stack reads, one for the lower levels the heads read.
+        self.embed = nn.Embedding(levels * num_codes, channels)
+        self.embed_lower = nn.Embedding(levels * num_codes, channels)
+        self.register_buffer("offsets", torch.arange(levels) * num_codes, persistent=False)
+        dilations = [2 ** i for i in range(layers_per_cycle)] * cycles
+        self.layers = nn.ModuleList(GatedLayer(channels, d, num_labels) for d in dilations)
+        self.post = nn.Conv1d(channels, channels, kernel_size=1)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(),
+                          nn.Linear(channels, num_codes)) for _ in range(levels))
+        for head in self.heads:  # zero head: the loss at step 0 is exactly log K
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames of past codes that reach ``h_t``: 1 (the shift) + Σ dilations."""
+        return 1 + sum(layer.dilation for layer in self.layers)
+
+    def _check(self, codes: Tensor, labels: Tensor | None) -> None:
+        if codes.dim() != 3 or codes.shape[-1] != self.levels:
+            raise ValueError(f"codes must be (B, T, {self.levels}), got {tuple(codes.shape)}")
+        if (labels is None) != (self.num_labels == 0):
+            raise ValueError("labels are required exactly when the prior is label-conditioned")
+
+    def _lower(self, codes: Tensor, level: int) -> Tensor:
+        """(..., C): the summed embeddings of levels 0..level-1 of the same frame."""
+        if level == 0:
+            return codes.new_zeros((*codes.shape[:-1], self.channels), dtype=self.embed.weight.dtype)
+        return self.embed_lower(codes[..., :level] + self.offsets[:level]).sum(-2)
+
+    def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
+        """codes (B, T, L) long -> logits (B, T, L, K)."""
+        self._check(codes, labels)
+        x = self.embed(codes + self.offsets).sum(-2).transpose(1, 2)  # (B, C, T)
+        x = F.pad(x, (1, -1))  # frame t sees frames < t only
+        skip = torch.zeros_like(x)
+        for layer in self.layers:
+            x, s = layer(x, labels)
+            skip = skip + s
+        h = self.post(F.relu(skip)).transpose(1, 2)  # (B, T, C)
+        return torch.stack([head(h + self._lower(codes, l)) for l, head in enumerate(self.heads)], dim=2)
+
+    def nll(self, codes: Tensor, labels: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Mean negative log-likelihood in nats per code; ``mask`` (B, T) selects frames."""
+        logits = self(codes, labels)
+        ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none")
+        if mask is None:
+            return ce.mean()
+        m = mask.unsqueeze(-1).expand_as(codes).flatten().float()
+        return (ce * m).sum() / m.sum().clamp(min=1)
+
+    # -- incremental generation -------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: int, frames: int, controls: Controls = Controls(),
+                 labels: Tensor | None = None, progress: Callable[[int], None] | None = None) -> Tensor:
+        """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers.
+
+        Each layer keeps a ring buffer of its last ``dilation`` inputs ``(d, B, C)``: slot
+        ``t % d`` holds the input from frame ``t - d`` (zeros before the start, like the
+        padding of ``forward``); it is read, then overwritten with frame t's input. Draws use
+        the same noise stream in the same order as ``reference_sample``, so the output equals
+        the full-recompute reference for the same seed.
+        """
+        self._check(torch.zeros(batch, 0, self.levels, dtype=torch.long), labels)
+        device, dtype = self.embed.weight.device, self.embed.weight.dtype
+        steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
+        for layer in self.layers:
+            w = layer.conv.weight  # (2C, C, 2): tap 0 reads x_{t-d}, tap 1 reads x_t
+            bias = layer.conv.bias.expand(batch, -1)
+            if layer.label is not None:
+                bias = bias + layer.label(labels)
+            steps.append((layer.dilation, torch.cat([w[:, :, 0], w[:, :, 1]], 1).t(), bias,
+                          layer.out.weight[:, :, 0].t(), layer.out.bias))
+        queues = [torch.zeros(d, batch, self.channels, device=device, dtype=dtype) for d, *_ in steps]
+        post_w, post_b = self.post.weight[:, :, 0].t(), self.post.bias
+        sampler = Sampler(controls, batch, frames * self.levels, device)
+        codes = torch.zeros(batch, frames, self.levels, dtype=torch.long, device=device)
+        x_in = torch.zeros(batch, self.channels, device=device, dtype=dtype)  # frame -1: zeros
+        for t in range(frames):
+            x, skip = x_in, None
+            for (d, w_conv, b_conv, w_out, b_out), queue in zip(steps, queues):
+                past = queue[t % d].clone()
+                queue[t % d] = x
+                h = torch.addmm(b_conv, torch.cat([past, x], 1), w_conv)
+                a, b = h.chunk(2, dim=1)
+                res, s = torch.addmm(b_out, torch.tanh(a) * torch.sigmoid(b), w_out).chunk(2, dim=1)
+                x = x + res
+                skip = s if skip is None else skip + s
+            h = torch.addmm(post_b, F.relu(skip), post_w)  # (B, C)
+            for l, head in enumerate(self.heads):
+                codes[:, t, l] = sampler(head(h + self._lower(codes[:, t], l)), t * self.levels + l)
+            x_in = self.embed(codes[:, t] + self.offsets).sum(1)
+            if progress is not None:
+                progress(t + 1)
+        return codes
+
+
+def sequence_logits_fn(prior: WaveNetPrior, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """``codes -> logits`` for ``reference_sample`` (full recompute over the sequence)."""
+    return lambda codes: prior(codes, labels)
+
+
+def bits(nats: float) -> float:
+    return nats / math.log(2)
