@@ -290,3 +290,14 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
                 "missing_folder": "does not exist", "not_wav": "ending in .wav"}[case]
     assert expected in lines[0]
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_pretrained_model_ships_and_works_without_training(tmp_path):
+    pretrained = ROOT / "vqaudio" / "pretrained" / "speech"
+    notice = (pretrained / "README.md").read_text()
+    assert "CC BY-SA 4.0" in notice and "Free Spoken Digit Dataset" in notice
+    p = vqaudio("sample", "--seconds", "2", "--label", "7", "-o", tmp_path / "seven.wav", cwd=tmp_path)
+    assert sf.info(tmp_path / "seven.wav").frames == 16000 and "label 7" in p.stdout
+    src = tone(tmp_path / "in.wav")
+    vqaudio("resynth", src, cwd=tmp_path)
+    assert sf.info(tmp_path / "in_resynth.wav").frames == sf.info(src).frames

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -143,17 +144,9 @@ class AudioPriorStage:
     def validate(self, writer, step: int) -> dict[str, float]:
         """NLL in bits per code on the validation files (real frames only) beside the unigram
         entropy of their codes; a few sampled clips as audio."""
-        longest = max(len(s) for s in self.val.sequences)
-        total, count = 0.0, 0
-        for start in range(0, len(self.val), 64):
-            index = list(range(start, min(start + 64, len(self.val))))
-            codes, labels, mask = self.val.batch(index, longest, None, self.levels)
-            n = int(mask.sum()) * self.levels
-            total += self.model.nll(codes, self._labels(labels), mask).item() * n
-            count += n
         codes = self.val.all_codes(self.levels)
         metrics = {
-            "bits_per_code": total / count / math.log(2),
+            "bits_per_code": float(prior_bits_per_code(self.model, self.val, bool(self.labels)).mean()),
             "unigram_entropy_bits": float(np.mean([
                 unigram_entropy_bits(codes[:, l], self.recipe.quantizer.num_codes) for l in range(self.levels)])),
         }
@@ -174,6 +167,21 @@ class AudioPriorStage:
 
     def save(self, directory: Path) -> None:
         save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels))
+
+
+@torch.no_grad()
+def prior_bits_per_code(prior, sequences: CodeSequences, conditioned: bool) -> np.ndarray:
+    """The prior's NLL in bits per code on whole sequences (real frames only), per level."""
+    longest = max(len(s) for s in sequences.sequences)
+    total, frames = np.zeros(prior.levels), 0
+    for start in range(0, len(sequences), 64):
+        index = list(range(start, min(start + 64, len(sequences))))
+        codes, labels, mask = sequences.batch(index, longest, None, prior.levels)
+        logits = prior(codes, labels if conditioned else None)
+        ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
+        total += (ce * mask.unsqueeze(-1)).sum((0, 1)).numpy()
+        frames += int(mask.sum())
+    return total / frames / math.log(2)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:

@@ -142,9 +142,9 @@ class WaveNetPrior(nn.Module):
         for t in range(frames):
             x, skip = x_in, None
             for (d, w_conv, b_conv, w_out, b_out), queue in zip(steps, queues):
-                past = queue[t % d].clone()
+                pair = torch.cat([queue[t % d], x], 1)  # [x_{t-d} ‖ x_t], a copy
                 queue[t % d] = x
-                h = torch.addmm(b_conv, torch.cat([past, x], 1), w_conv)
+                h = torch.addmm(b_conv, pair, w_conv)
                 a, b = h.chunk(2, dim=1)
                 res, s = torch.addmm(b_out, torch.tanh(a) * torch.sigmoid(b), w_out).chunk(2, dim=1)
                 x = x + res
