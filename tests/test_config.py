@@ -12,23 +12,28 @@ RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 def test_every_shipped_recipe_loads(path):
     r = load_recipe(path)
     assert r.name == path.stem
-    for folder in r.data.folders:
-        assert r.resolve(folder).is_dir()
+    if r.kind == "image":
+        assert r.resolve(r.data.path).is_file()
+    else:
+        for folder in r.data.folders:
+            assert r.resolve(folder).is_dir()
 
 
-def test_speech_recipe_names_every_setting():
+@pytest.mark.parametrize("name", ["speech", "kmnist"])
+def test_default_recipes_name_every_setting(name):
     import tomllib
-    from dataclasses import fields
+    from dataclasses import fields, is_dataclass
 
-    from vqaudio.config import Recipe
+    from vqaudio.config import RECIPE_KINDS
 
-    raw = tomllib.loads((Path(__file__).parents[1] / "recipes" / "speech.toml").read_text())
-    for section in fields(Recipe):
-        if section.name in ("name", "source"):
-            continue
-        expected = {f.name for f in fields(section.type if not isinstance(section.type, str)
-                                          else getattr(Recipe(), section.name))}
-        assert set(raw[section.name]) == expected, section.name
+    raw = tomllib.loads((Path(__file__).parents[1] / "recipes" / f"{name}.toml").read_text())
+    cls = RECIPE_KINDS[raw.get("kind", "audio")]
+    for section in fields(cls):
+        value = getattr(cls(), section.name)
+        if is_dataclass(value):
+            assert set(raw[section.name]) == {f.name for f in fields(value)}, section.name
+        elif section.name != "source":
+            assert section.name in raw, section.name
 
 
 def write(tmp_path, text):
@@ -48,6 +53,10 @@ def write(tmp_path, text):
     ("[quantizer]\nnum_codes = 1\n", "'quantizer.num_codes' must be at least 2"),
     ("[quantizer]\nkind = 'fancy'\n", "'quantizer.kind' must be 'ema' or 'gradient'"),
     ("[model]\nstrides = 4\n", "'model.strides' must be a list of int"),
+    ("[prior]\nlevels = 9\n", "'prior.levels' is 9, but the VQ-VAE has only quantizer.levels = 5"),
+    ("[prior]\nconditional = true\n", "'prior.conditional' is true but data.label_regex is empty"),
+    ("[prior_train]\nsteps = 0\n", "'prior_train.steps' must be positive"),
+    ("[prior]\nchanels = 8\n", "unknown key 'prior.chanels' (did you mean 'channels'?)"),
 ])
 def test_bad_recipes_name_file_section_and_key(tmp_path, text, message):
     p = write(tmp_path, text)
@@ -81,3 +90,35 @@ def test_missing_recipe_file(tmp_path):
     (tmp_path / "bad.toml").write_text("name = [")
     with pytest.raises(VqaudioError, match="not valid TOML"):
         load_recipe(tmp_path / "bad.toml")
+
+
+def write_image_recipe(tmp_path, text):
+    import shutil
+
+    shutil.copy(Path(__file__).parents[1] / "data" / "kmnist" / "kmnist-10k-labels.npz", tmp_path / "l.npz")
+    (tmp_path / "i.npz").write_bytes(b"")
+    p = tmp_path / "r.toml"
+    p.write_text('name = "t"\nkind = "image"\n[data]\npath = "i.npz"\n' + text)
+    return p
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[quantizer]\nlevels = 2\n", "'quantizer.levels' must be 1 for images"),
+    ("[model]\nimage_size = 30\n", "'model.image_size' 30 is not divisible by 2^downsamples = 4"),
+    ("[prior]\nkernel = 4\n", "'prior.kernel' must be odd"),
+    ("[quantizer]\nkind = 'fancy'\n", "'quantizer.kind' must be 'ema' or 'gradient' or 'none'"),
+    ("[model]\nstrides = [4]\n", "unknown key 'model.strides'"),
+    ("[data2]\n", "unknown section or key 'data2' (did you mean 'data'?)"),
+])
+def test_bad_image_recipes(tmp_path, text, message):
+    p = write_image_recipe(tmp_path, text)
+    with pytest.raises(VqaudioError) as e:
+        load_recipe(p)
+    assert message in str(e.value) and str(p) in str(e.value)
+
+
+def test_unknown_recipe_kind(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('kind = "video"\n')
+    with pytest.raises(VqaudioError, match="'kind' must be one of audio, image"):
+        load_recipe(p)

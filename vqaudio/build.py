@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from vqaudio.checkpoint import load_into, read_config
-from vqaudio.config import Recipe, from_dict
+from vqaudio.config import ImageRecipe, Recipe, from_dict
 from vqaudio.errors import VqaudioError
 from vqaudio.nn.audio import Decoder1d, Encoder1d
+from vqaudio.nn.image import Decoder2d, Encoder2d, NoQuantizer
+from vqaudio.priors.pixelcnn import GatedPixelCNN
 from vqaudio.priors.wavenet import WaveNetPrior
-from vqaudio.quantizer import ResidualVQ
+from vqaudio.quantizer import ResidualVQ, VectorQuantizer
 from vqaudio.vqvae import VQVAE
 
 AUDIO_VQVAE = "audio-vqvae"
@@ -54,17 +56,7 @@ def audio_model_config(recipe: Recipe) -> dict[str, Any]:
 
 def load_audio_vqvae(path: str | Path) -> tuple[VQVAE, dict[str, Any]]:
     """Rebuild an audio VQ-VAE from its model directory; eval mode."""
-    config = read_config(path)
-    if config["kind"] != AUDIO_VQVAE:
-        raise VqaudioError(f"model {path}: is a '{config['kind']}' model, not an audio VQ-VAE; "
-                           "pass an audio model folder")
-    try:
-        recipe = from_dict(config["recipe"], f"{path}/config.json")
-    except (KeyError, TypeError) as e:
-        raise VqaudioError(f"model {path}: config.json lacks a valid recipe ({e})") from None
-    model = build_audio_vqvae(recipe)
-    load_into(model, path)
-    return model.eval(), config
+    return _load(path, AUDIO_VQVAE, lambda recipe, config: build_audio_vqvae(recipe))
 
 
 AUDIO_PRIOR = "audio-prior"
@@ -96,13 +88,84 @@ def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: lis
 
 def load_audio_prior(path: str | Path) -> tuple[WaveNetPrior, dict[str, Any]]:
     """Rebuild an audio prior from its model directory; eval mode."""
+    return _load(path, AUDIO_PRIOR, lambda recipe, config: build_audio_prior(recipe, len(config["labels"])))
+
+
+# -- image path -------------------------------------------------------------------------------
+
+IMAGE_VQVAE = "image-vqvae"
+IMAGE_PRIOR = "image-prior"
+
+
+def build_image_vqvae(recipe: ImageRecipe) -> VQVAE:
+    """2-D encoder -> one VectorQuantizer (the same module as audio, one level) -> decoder;
+    ``quantizer.kind = "none"`` puts a pass-through in its place (the plain autoencoder)."""
+    m, q = recipe.model, recipe.quantizer
+    args = dict(channels=m.channels, downsamples=m.downsamples, latent_dim=m.latent_dim,
+                res_blocks=m.res_blocks, global_code=m.global_code, image_size=m.image_size)
+    if q.kind == "none":
+        quantizer = NoQuantizer()
+    else:
+        quantizer = VectorQuantizer(
+            m.latent_dim, q.num_codes, kind=q.kind, beta=q.beta, decay=q.decay, eps=q.eps,
+            kmeans_init=q.kmeans_init, kmeans_iters=q.kmeans_iters, restart_after=q.restart_after,
+            cosine=q.cosine, code_dim=q.code_dim or None)
+    return VQVAE(Encoder2d(m.in_channels, **args), quantizer, Decoder2d(m.in_channels, **args))
+
+
+def image_grid_shape(recipe: ImageRecipe) -> tuple[int, int]:
+    side = 1 if recipe.model.global_code else recipe.model.image_size // 2 ** recipe.model.downsamples
+    return side, side
+
+
+def image_model_config(recipe: ImageRecipe) -> dict[str, Any]:
+    return {
+        "kind": IMAGE_VQVAE,
+        "in_channels": recipe.model.in_channels,
+        "image_size": recipe.model.image_size,
+        "grid": list(image_grid_shape(recipe)),
+        "num_codes": recipe.quantizer.num_codes if recipe.quantizer.kind != "none" else 0,
+        "bits_per_image": (math.prod(image_grid_shape(recipe)) * math.log2(recipe.quantizer.num_codes)
+                           if recipe.quantizer.kind != "none" else None),
+        "recipe": recipe.to_dict(),
+    }
+
+
+def build_image_prior(recipe: ImageRecipe, num_labels: int) -> GatedPixelCNN:
+    p = recipe.prior
+    return GatedPixelCNN(recipe.quantizer.num_codes, channels=p.channels, layers=p.layers,
+                         kernel=p.kernel, num_labels=num_labels)
+
+
+def image_prior_config(recipe: ImageRecipe, vqvae_config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    return {
+        "kind": IMAGE_PRIOR,
+        "vqvae_model_id": vqvae_config["model_id"],
+        "grid": vqvae_config["grid"],
+        "num_codes": recipe.quantizer.num_codes,
+        "labels": labels,
+        "recipe": recipe.to_dict(),
+    }
+
+
+def _load(path: str | Path, kind: str, build) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the model of ``kind`` in a model directory with ``build(recipe, config)``."""
     config = read_config(path)
-    if config["kind"] != AUDIO_PRIOR:
-        raise VqaudioError(f"model {path}: is a '{config['kind']}' model, not an audio prior")
+    if config["kind"] != kind:
+        raise VqaudioError(f"model {path}: is a '{config['kind']}' model, not an {kind} model; "
+                           "pass a model folder of the right kind")
     try:
         recipe = from_dict(config["recipe"], f"{path}/config.json")
-        model = build_audio_prior(recipe, len(config["labels"]))
+        model = build(recipe, config)
     except (KeyError, TypeError) as e:
         raise VqaudioError(f"model {path}: config.json lacks a valid recipe ({e})") from None
     load_into(model, path)
     return model.eval(), config
+
+
+def load_image_vqvae(path: str | Path) -> tuple[VQVAE, dict[str, Any]]:
+    return _load(path, IMAGE_VQVAE, lambda recipe, config: build_image_vqvae(recipe))
+
+
+def load_image_prior(path: str | Path) -> tuple[GatedPixelCNN, dict[str, Any]]:
+    return _load(path, IMAGE_PRIOR, lambda recipe, config: build_image_prior(recipe, len(config["labels"])))

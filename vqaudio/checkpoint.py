@@ -99,3 +99,18 @@ def load_into(module: torch.nn.Module, path: str | Path) -> None:
         first = str(e).splitlines()[0]
         raise VqaudioError(f"model {path}: weights do not match its config.json ({first}); "
                            "the folder mixes files of different models") from None
+
+
+def model_kind(model: str | Path | None) -> str | None:
+    """The kind of a model folder or of a run folder's VQ-VAE; None when it is neither (the
+    command's own loading then says what is wrong)."""
+    if model is None:
+        return None
+    path = Path(model)
+    for cfg in (path / "vqvae" / CONFIG, path / CONFIG):
+        if cfg.is_file():
+            try:
+                return json.loads(cfg.read_text()).get("kind")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                return None
+    return None

@@ -53,7 +53,8 @@ def _run(fn: Callable[[], object]) -> None:
         raise typer.Exit(130)
 
 
-Paths = Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.",
+Paths = Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files (images "
+                                             "for an image model: PNG files, an .npz / IDX set or a folder).",
                                              show_default=False)]
 ModelOpt = Annotated[Optional[Path], typer.Option(
     "--model", "-m", help="Model folder or training run folder (default: the pretrained model).")]
@@ -98,6 +99,15 @@ def resynth(
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
 ) -> None:
     def go():
+        from vqaudio.checkpoint import model_kind
+
+        if (model_kind(model) or "").startswith("image"):
+            from vqaudio.image_commands import resynth_images
+
+            for r in resynth_images(inputs, output, model):
+                typer.echo(_json(r) if json_ else f"{r['output']}: {r['grid'][0]}x{r['grid'][1]} codes "
+                           f"({r['bits']:.0f} bits), MSE {r['mse']:.4f}, PSNR {r['psnr_db']:.2f} dB")
+            return
         from vqaudio.resynth import resynth_paths
 
         for result in resynth_paths(inputs, output, model, bitrate, levels, input_rate,
@@ -111,29 +121,36 @@ def resynth(
 
 @app.command(help="Generate new audio from a model's prior: sample codes, decode, write WAVs.")
 def sample(
-    seconds: Annotated[float, typer.Option("--seconds", "-t", help="Duration of each clip.")] = 2.0,
+    seconds: Annotated[float, typer.Option("--seconds", "-t", help="Duration of each audio clip.")] = 2.0,
     model: Annotated[Optional[Path], typer.Option(
-        "--model", "-m", help="Training run folder with vqvae/ and prior/ (default: the pretrained model).")] = None,
-    output: Annotated[Path, typer.Option(
-        "--output", "-o", help="WAV file to write; with --num N, NAME-1.wav … NAME-N.wav.")] = Path("sample.wav"),
+        "--model", "-m", help="Training run folder with vqvae/ and prior/ (default: the pretrained speech model).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Audio: the WAV to write (sample.wav; with --num N, NAME-1.wav … "
+        "NAME-N.wav). Images: one PNG grid (samples.png).")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="How many clips.")] = 1,
     temperature: Annotated[float, typer.Option(help="Sharpen (<1) or flatten (>1); 0 = most likely codes.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k most likely codes (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same audio.")] = 0,
     label: Annotated[Optional[str], typer.Option(
-        "--label", help="Condition on a label (for the speech model: the digit to say, 0-9).")] = None,
+        "--label", help="Condition on a label (speech: the digit to say, 0-9; KMNIST: the class).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
 ) -> None:
     def go():
-        from vqaudio.generate import sample_audio
+        from vqaudio.generate import sample as sample_
         from vqaudio.priors.sampling import Controls
 
         controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        for r in sample_audio(model, seconds, num, output, controls, label, progress=not json_):
-            said = f", label {r['label']}" if r["label"] is not None else ""
-            typer.echo(_json(r) if json_ else f"{r['output']}: {r['duration_s']:.3g} s at "
-                       f"{r['bitrate_kbps']:.3g} kb/s ({r['levels']} levels){said}")
+        for r in sample_(model, seconds, num, output, controls, label, progress=not json_):
+            if json_:
+                typer.echo(_json(r))
+            elif "images" in r:
+                labels = f", labels {' '.join(map(str, r['labels']))}" if r["labels"][0] is not None else ""
+                typer.echo(f"{r['output']}: {r['images']} images{labels}")
+            else:
+                said = f", label {r['label']}" if r["label"] is not None else ""
+                typer.echo(f"{r['output']}: {r['duration_s']:.3g} s at "
+                           f"{r['bitrate_kbps']:.3g} kb/s ({r['levels']} levels){said}")
     _run(go)
 
 
@@ -177,9 +194,16 @@ def eval_(
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     def go():
-        from vqaudio.resynth import evaluate_paths
+        from vqaudio.checkpoint import model_kind
 
-        summary = evaluate_paths(inputs, model, bitrate, levels)
+        if (model_kind(model) or "").startswith("image"):
+            from vqaudio.image_commands import evaluate_images
+
+            summary = evaluate_images(inputs, model)
+        else:
+            from vqaudio.resynth import evaluate_paths
+
+            summary = evaluate_paths(inputs, model, bitrate, levels)
         if json_:
             typer.echo(_json(summary))
         else:

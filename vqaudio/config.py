@@ -100,7 +100,9 @@ def _prior_train() -> "TrainConfig":
 
 @dataclass
 class Recipe:
+    """An audio recipe: VQ-VAE over waveforms, WaveNet prior over code sequences."""
     name: str = "speech"
+    kind: str = "audio"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -121,9 +123,56 @@ class Recipe:
         return d
 
 
+@dataclass
+class ImageDataConfig:
+    path: str = "../data/kmnist/kmnist-10k-imgs.npz"  # .npz, IDX file or folder of PNGs
+    labels: str = ""  # labels file ("" = found beside the images, or the PNG subfolder names)
+    val_count: int = 1000  # the last images are the validation split
+    max_images: int = 0  # 0 = every image; a small number for quick checks
+
+
+@dataclass
+class ImageModelConfig:
+    in_channels: int = 1  # 1 = grayscale, 3 = RGB
+    image_size: int = 28
+    channels: int = 32  # width at full resolution; doubled after each downsample
+    downsamples: int = 2  # 28x28 -> 7x7 code grid
+    latent_dim: int = 16
+    res_blocks: int = 1
+    global_code: bool = False  # one code per image instead of a grid (the Keras example)
+
+
+@dataclass
+class PixelCNNConfig:
+    channels: int = 64
+    layers: int = 8
+    kernel: int = 3
+    conditional: bool = False  # on the image labels: 'vqaudio sample --label 3'
+
+
+@dataclass
+class ImageRecipe:
+    """An image recipe: 2-D VQ-VAE turning images into code grids, gated PixelCNN prior."""
+    name: str = "kmnist"
+    kind: str = "image"
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    model: ImageModelConfig = field(default_factory=ImageModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(num_codes=64, levels=1, dropout=False))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prior: PixelCNNConfig = field(default_factory=PixelCNNConfig)
+    prior_train: TrainConfig = field(default_factory=_prior_train)
+    source: str = field(default="", metadata={"internal": True})
+
+    resolve = Recipe.resolve
+    to_dict = Recipe.to_dict
+
+
+RECIPE_KINDS = {"audio": Recipe, "image": ImageRecipe}
+
+
 # -- loading ---------------------------------------------------------------------------------
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe | ImageRecipe:
     """Read, override and validate a TOML recipe. Errors are VqaudioError lines."""
     path = Path(path)
     if not path.is_file():
@@ -141,8 +190,12 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
-def from_dict(raw: dict[str, Any], where: str = "config") -> Recipe:
-    return _build(Recipe, raw, where, section="")
+def from_dict(raw: dict[str, Any], where: str = "config") -> Recipe | ImageRecipe:
+    """The recipe class named by the top-level ``kind`` ("audio" by default)."""
+    kind = raw.get("kind", "audio")
+    if kind not in RECIPE_KINDS:
+        raise VqaudioError(f"recipe {where}: 'kind' must be one of {', '.join(RECIPE_KINDS)}, got {kind!r}")
+    return _build(RECIPE_KINDS[kind], raw, where, section="")
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:
@@ -205,51 +258,64 @@ def _check_type(value: Any, hint: Any, where: str, label: str) -> Any:
     return float(value) if hint is float else value
 
 
-def validate(r: Recipe) -> None:
-    """Range checks that types alone cannot express."""
+def _checker(r):
     def bad(label: str, why: str) -> VqaudioError:
         return VqaudioError(f"recipe {r.source or 'config'}: '{label}' {why}")
+    return bad
 
-    positive = {
-        "data.sample_rate": r.data.sample_rate, "data.segment_seconds": r.data.segment_seconds,
-        "model.channels": r.model.channels, "model.latent_dim": r.model.latent_dim,
-        "model.max_channels": r.model.max_channels, "quantizer.levels": r.quantizer.levels,
-        "quantizer.kmeans_iters": r.quantizer.kmeans_iters, "prior.levels": r.prior.levels,
-        "prior.channels": r.prior.channels, "prior.cycles": r.prior.cycles,
-        "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
-    }
+
+def _check_ranges(r, positive: dict[str, Any], non_negative: dict[str, Any]) -> None:
+    """Shared range checks: the given values plus the quantizer and both training loops."""
+    bad = _checker(r)
+    positive = {**positive, "quantizer.levels": r.quantizer.levels,
+                "quantizer.kmeans_iters": r.quantizer.kmeans_iters}
+    non_negative = {**non_negative, "quantizer.beta": r.quantizer.beta,
+                    "quantizer.restart_after": r.quantizer.restart_after,
+                    "quantizer.code_dim": r.quantizer.code_dim}
     for name in ("train", "prior_train"):  # the two stages' training loops
         t = getattr(r, name)
         positive.update({f"{name}.{k}": getattr(t, k) for k in (
             "steps", "batch_size", "lr", "log_every", "val_every", "checkpoint_every", "keep_checkpoints")})
+        non_negative.update({f"{name}.{k}": getattr(t, k) for k in (
+            "warmup_steps", "grad_clip", "weight_decay", "num_threads")})
     for label, value in positive.items():
         if not value > 0:
             raise bad(label, f"must be positive, got {value}")
-    non_negative = {
-        "model.res_blocks": r.model.res_blocks, "quantizer.beta": r.quantizer.beta,
-        "quantizer.restart_after": r.quantizer.restart_after, "quantizer.code_dim": r.quantizer.code_dim,
-        "prior.pad_seconds": r.prior.pad_seconds,
-        "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1, "loss.stft": r.loss.stft,
-        "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
-    }
-    for name in ("train", "prior_train"):
-        t = getattr(r, name)
-        non_negative.update({f"{name}.{k}": getattr(t, k) for k in (
-            "warmup_steps", "grad_clip", "weight_decay", "num_threads")})
     for label, value in non_negative.items():
         if value < 0:
             raise bad(label, f"must not be negative, got {value}")
+    kinds = ("ema", "gradient", "none") if isinstance(r, ImageRecipe) else ("ema", "gradient")
+    if r.quantizer.kind not in kinds:
+        raise bad("quantizer.kind", f"must be {' or '.join(repr(k) for k in kinds)}, got {r.quantizer.kind!r}")
+    if r.quantizer.num_codes < 2:
+        raise bad("quantizer.num_codes", f"must be at least 2, got {r.quantizer.num_codes}")
+    if not 0 < r.quantizer.decay < 1:
+        raise bad("quantizer.decay", f"must be between 0 and 1, got {r.quantizer.decay}")
+    if not r.name or "/" in r.name:
+        raise bad("name", f"must be a plain folder name, got {r.name!r}")
+
+
+def validate(r: Recipe | ImageRecipe) -> None:
+    """Range checks that types alone cannot express."""
+    if isinstance(r, ImageRecipe):
+        return _validate_image(r)
+    bad = _checker(r)
+    _check_ranges(r, positive={
+        "data.sample_rate": r.data.sample_rate, "data.segment_seconds": r.data.segment_seconds,
+        "model.channels": r.model.channels, "model.latent_dim": r.model.latent_dim,
+        "model.max_channels": r.model.max_channels, "prior.levels": r.prior.levels,
+        "prior.channels": r.prior.channels, "prior.cycles": r.prior.cycles,
+        "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
+    }, non_negative={
+        "model.res_blocks": r.model.res_blocks, "prior.pad_seconds": r.prior.pad_seconds,
+        "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,
+        "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
+    })
     if not r.model.strides or any(s < 2 for s in r.model.strides):
         raise bad("model.strides", f"must be a non-empty list of integers >= 2, got {r.model.strides}")
     if math.prod(r.model.strides) != r.model.hop:
         raise bad("model.strides", f"multiply to {math.prod(r.model.strides)}, "
                   f"but model.hop is {r.model.hop}; make their product equal the hop")
-    if r.quantizer.kind not in ("ema", "gradient"):
-        raise bad("quantizer.kind", f"must be 'ema' or 'gradient', got {r.quantizer.kind!r}")
-    if r.quantizer.num_codes < 2:
-        raise bad("quantizer.num_codes", f"must be at least 2, got {r.quantizer.num_codes}")
-    if not 0 < r.quantizer.decay < 1:
-        raise bad("quantizer.decay", f"must be between 0 and 1, got {r.quantizer.decay}")
     if not 0 < r.data.val_fraction < 1:
         raise bad("data.val_fraction", f"must be between 0 and 1, got {r.data.val_fraction}")
     if r.data.segment_seconds * r.data.sample_rate < r.model.hop:
@@ -262,11 +328,33 @@ def validate(r: Recipe) -> None:
     if r.prior.conditional and not r.data.label_regex:
         raise bad("prior.conditional", "is true but data.label_regex is empty; set a regex whose "
                   "first group is the label, or set prior.conditional = false")
-    if not r.name or "/" in r.name:
-        raise bad("name", f"must be a plain folder name, got {r.name!r}")
     if not r.data.folders:
         raise bad("data.folders", "must name at least one folder of audio files")
     for folder in r.data.folders:
         if not r.resolve(folder).exists():
             raise bad("data.folders", f"names {folder!r}, which does not exist "
                       f"(looked at {r.resolve(folder)}); paths are relative to the recipe file")
+
+
+def _validate_image(r: ImageRecipe) -> None:
+    bad = _checker(r)
+    m = r.model
+    _check_ranges(r, positive={
+        "model.in_channels": m.in_channels, "model.image_size": m.image_size, "model.channels": m.channels,
+        "model.latent_dim": m.latent_dim, "prior.channels": r.prior.channels, "prior.layers": r.prior.layers,
+    }, non_negative={"model.downsamples": m.downsamples, "model.res_blocks": m.res_blocks,
+                     "data.val_count": r.data.val_count, "data.max_images": r.data.max_images})
+    if r.quantizer.levels != 1:
+        raise bad("quantizer.levels", f"must be 1 for images (one code per grid cell), got {r.quantizer.levels}")
+    if m.image_size % 2 ** m.downsamples:
+        raise bad("model.image_size", f"{m.image_size} is not divisible by 2^downsamples = {2 ** m.downsamples}")
+    if r.prior.kernel < 3 or r.prior.kernel % 2 == 0:
+        raise bad("prior.kernel", f"must be odd and at least 3, got {r.prior.kernel}")
+    if r.data.val_count < 1:
+        raise bad("data.val_count", f"must be at least 1, got {r.data.val_count}")
+    if not r.resolve(r.data.path).exists():
+        raise bad("data.path", f"names {r.data.path!r}, which does not exist "
+                  f"(looked at {r.resolve(r.data.path)}); paths are relative to the recipe file")
+    if r.data.labels and not r.resolve(r.data.labels).is_file():
+        raise bad("data.labels", f"names {r.data.labels!r}, which is not a file "
+                  f"(looked at {r.resolve(r.data.labels)})")

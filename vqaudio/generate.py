@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from vqaudio.audio_io import write_audio
-from vqaudio.build import AUDIO_PRIOR, AUDIO_VQVAE, load_audio_prior
+from vqaudio.build import AUDIO_PRIOR, IMAGE_PRIOR, load_audio_prior
 from vqaudio.checkpoint import read_config
 from vqaudio.codec import PRETRAINED, load_codec
 from vqaudio.errors import VqaudioError
@@ -30,8 +30,7 @@ def resolve_run(model: str | Path | None) -> tuple[Path, Path]:
     if not path.exists():
         raise VqaudioError(f"model {path}: no such folder; pass a training run folder such as runs/speech")
     if (path / "config.json").is_file():  # a model folder inside a run folder: use the run
-        if read_config(path)["kind"] not in (AUDIO_PRIOR, AUDIO_VQVAE):
-            raise VqaudioError(f"model {path}: is a '{read_config(path)['kind']}' model, not an audio model")
+        read_config(path)
         path = path.parent
     if not (path / "prior" / "config.json").is_file():
         raise VqaudioError(f"model {path}: has no prior (no prior/config.json); train one with "
@@ -46,28 +45,48 @@ def output_paths(output: Path, num: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, num + 1)]
 
 
-def sample_audio(model: str | Path | None, seconds: float, num: int = 1,
-                 output: Path = Path("sample.wav"), controls: Controls = Controls(),
-                 label: str | None = None, progress: bool = True) -> list[dict]:
+def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output: Path | None = None,
+           controls: Controls = Controls(), label: str | None = None, progress: bool = True) -> list[dict]:
+    """``vqaudio sample``: new audio clips (WAVs of exactly ``seconds``) from an audio run, or
+    one PNG grid of ``num`` images from an image run."""
+    if num < 1:
+        raise VqaudioError(f"--num must be at least 1, got {num}")
+    controls.check()
+    vqvae_dir, prior_dir = resolve_run(model)
+    prior_config = read_config(prior_dir)
+    if prior_config["kind"] == IMAGE_PRIOR:
+        from vqaudio.image_commands import sample_images
+
+        output = output or Path("samples.png")
+        _check_output_folder(output)
+        ids, names = _labels(prior_config.get("labels", []), label, num, controls.seed)
+        result = sample_images(vqvae_dir, prior_dir, num, output, controls, ids)
+        return [{**result, "labels": names}]
+    if prior_config["kind"] != AUDIO_PRIOR:
+        raise VqaudioError(f"model {prior_dir}: is a '{prior_config['kind']}' model, not a prior")
+    return sample_audio(vqvae_dir, prior_dir, seconds, num, output or Path("sample.wav"), controls, label, progress)
+
+
+def _check_output_folder(output: Path) -> None:
+    if not output.parent.is_dir():
+        raise VqaudioError(f"-o {output}: folder {output.parent} does not exist; create it first")
+
+
+def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, output: Path,
+                 controls: Controls, label: str | None, progress: bool) -> list[dict]:
     """Sample ``num`` clips of exactly ``seconds`` and write them; one result dict per file."""
     if not (seconds > 0 and math.isfinite(seconds)):
         raise VqaudioError(f"--seconds must be positive, got {seconds}")
-    if num < 1:
-        raise VqaudioError(f"--num must be at least 1, got {num}")
     if output.suffix.lower() != ".wav":
         raise VqaudioError(f"-o {output}: sampled audio is written as WAV; give a name ending in .wav")
-    if not output.parent.is_dir():
-        raise VqaudioError(f"-o {output}: folder {output.parent} does not exist; create it first")
-    controls.check()
-    vqvae_dir, prior_dir = resolve_run(model)
+    _check_output_folder(output)
     codec = load_codec(vqvae_dir)
     prior, config = load_audio_prior(prior_dir)
     if config["vqvae_model_id"] != codec.config["model_id"]:
         raise VqaudioError(f"model {prior_dir}: this prior was trained on the codes of another VQ-VAE "
                            f"(id {config['vqvae_model_id']}, {vqvae_dir} is {codec.config['model_id']}); "
                            "retrain it with --stage prior")
-    vocab: list[str] = config["labels"]
-    labels, names = _labels(vocab, label, num, controls.seed)
+    labels, names = _labels(config["labels"], label, num, controls.seed)
 
     frames = math.ceil(seconds * config["frames_per_second"])
     length = round(seconds * codec.sample_rate)

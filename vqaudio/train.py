@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from vqaudio.config import Recipe, TrainConfig
+from vqaudio.config import ImageRecipe, Recipe, TrainConfig
 from vqaudio.errors import VqaudioError
 
 
@@ -116,7 +116,7 @@ def save_checkpoint(stage: Stage, run_dir: Path, step: int, keep: int) -> Path:
 STAGES = ("vqvae", "prior", "all")
 
 
-def train_recipe(recipe: Recipe, out: Path | None = None, stage: str = "all") -> Path:
+def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: str = "all") -> Path:
     """Train the stages of a recipe into ``out`` (default ``runs/<recipe name>``): the VQ-VAE
     (``run/vqvae``), then the prior over its codes (``run/prior``). ``stage="prior"`` reuses
     the VQ-VAE already in the run folder."""
@@ -124,7 +124,14 @@ def train_recipe(recipe: Recipe, out: Path | None = None, stage: str = "all") ->
         raise VqaudioError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
     from torch.utils.tensorboard import SummaryWriter
 
-    from vqaudio.stages import audio_prior_stage, audio_vqvae_stage
+    if isinstance(recipe, ImageRecipe):
+        from vqaudio.image_stages import image_prior_stage as prior_stage_of
+        from vqaudio.image_stages import image_vqvae_stage as vqvae_stage_of
+        if stage == "all" and recipe.quantizer.kind == "none":
+            stage = "vqvae"  # a plain autoencoder has no codes for a prior
+    else:
+        from vqaudio.stages import audio_prior_stage as prior_stage_of
+        from vqaudio.stages import audio_vqvae_stage as vqvae_stage_of
 
     run_dir = Path(out) if out else Path("runs") / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,12 +140,12 @@ def train_recipe(recipe: Recipe, out: Path | None = None, stage: str = "all") ->
         if stage in ("vqvae", "all"):
             _threads(recipe.train)
             seed_everything(recipe.train.seed)
-            vq_stage, batches = audio_vqvae_stage(recipe)
+            vq_stage, batches = vqvae_stage_of(recipe)
             fit(vq_stage, batches, recipe.train, run_dir, writer)
         if stage in ("prior", "all"):
             _threads(recipe.prior_train)
             seed_everything(recipe.prior_train.seed)
-            prior_stage, batches = audio_prior_stage(recipe, run_dir)
+            prior_stage, batches = prior_stage_of(recipe, run_dir)
             fit(prior_stage, batches, recipe.prior_train, run_dir, writer)
     finally:
         writer.close()
