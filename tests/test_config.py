@@ -38,6 +38,7 @@ def test_default_recipes_name_every_setting(name):
 
 def write(tmp_path, text):
     (tmp_path / "audio").mkdir(exist_ok=True)
+    (tmp_path / "audio" / "a.wav").touch()  # validate() wants at least one audio file there
     p = tmp_path / "r.toml"
     p.write_text('name = "t"\n[data]\nfolders = ["audio"]\n' + text)
     return p

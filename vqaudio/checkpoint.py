@@ -33,9 +33,12 @@ def state_bytes(module: torch.nn.Module) -> bytes:
     return save_safetensors(state)
 
 
-def save_model_dir(path: str | Path, module: torch.nn.Module, config: dict[str, Any]) -> dict:
-    """Write ``path/config.json`` + ``path/weights.safetensors`` atomically. The config gains
-    ``model_id``, a hash of config and weights, so codes can name the exact model."""
+def save_model_dir(path: str | Path, module: torch.nn.Module, config: dict[str, Any],
+                   extra: dict[str, bytes] | None = None) -> dict:
+    """Write ``path/config.json`` + ``path/weights.safetensors`` (+ ``extra`` files, e.g. the
+    training state of a checkpoint) atomically: all into a hidden folder beside ``path``, each
+    file fsynced, then the folder renamed into place. The config gains ``model_id``, a hash of
+    config and weights, so codes can name the exact model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = state_bytes(module)
@@ -46,6 +49,8 @@ def save_model_dir(path: str | Path, module: torch.nn.Module, config: dict[str, 
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
     try:
         write_bytes_atomic(tmp / WEIGHTS, weights)
+        for name, data in (extra or {}).items():
+            write_bytes_atomic(tmp / name, data)
         write_bytes_atomic(tmp / CONFIG, json.dumps(config, indent=2).encode())
         old = None
         if path.exists():
@@ -114,3 +119,66 @@ def model_kind(model: str | Path | None) -> str | None:
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 return None
     return None
+
+
+# -- training state (for --resume) ------------------------------------------------------------
+
+STATE_TENSORS = "training-state.safetensors"
+STATE_JSON = "training-state.json"
+
+
+def training_state_files(step: int, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, bytes]:
+    """Everything besides the weights that an exact resume needs, as two files: tensors
+    (optimizer moments, torch and numpy RNG states) in safetensors and the rest (step, optimizer
+    hyper-parameters, scheduler, python RNG) in JSON. Never pickle."""
+    import random
+
+    import numpy as np
+
+    opt = optimizer.state_dict()
+    tensors = {f"optimizer.{i}.{k}": v.detach().cpu().contiguous()
+               for i, state in opt["state"].items() for k, v in state.items()}
+    np_state = np.random.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    py_state = random.getstate()
+    meta = {
+        "step": step,
+        "optimizer_param_groups": opt["param_groups"],
+        "optimizer_state_keys": {str(i): sorted(state) for i, state in opt["state"].items()},
+        "scheduler": scheduler.state_dict(),
+        "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    return {STATE_TENSORS: save_safetensors(tensors), STATE_JSON: json.dumps(meta).encode()}
+
+
+def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The two state files of a checkpoint; VqaudioError when missing or damaged."""
+    try:
+        tensors = load_safetensors((path / STATE_TENSORS).read_bytes())
+        meta = json.loads((path / STATE_JSON).read_text())
+        meta["step"] = int(meta["step"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise VqaudioError(f"checkpoint {path}: training state missing or damaged ({type(e).__name__})") from None
+    return tensors, meta
+
+
+def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                           optimizer: torch.optim.Optimizer, scheduler) -> int:
+    """Load optimizer, scheduler and RNG states saved by :func:`training_state_files`; returns
+    the step the checkpoint was taken after."""
+    import random
+
+    import numpy as np
+
+    state = {int(i): {k: tensors[f"optimizer.{i}.{k}"] for k in keys}
+             for i, keys in meta["optimizer_state_keys"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    kind, pos, has_gauss, gauss = meta["rng_numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["rng_python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    return meta["step"]

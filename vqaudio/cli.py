@@ -41,8 +41,13 @@ def _root(
 
 def _run(fn: Callable[[], object]) -> None:
     """Call ``fn``; turn a VqaudioError (or Ctrl-C) into one line on stderr and exit 1."""
+    from vqaudio.errors import Interrupted
+
     try:
         fn()
+    except Interrupted as e:  # Ctrl-C in training, after saving a checkpoint
+        typer.echo(str(e), err=True)
+        raise typer.Exit(130)
     except VqaudioError as e:
         if _state["debug"]:
             raise
@@ -72,13 +77,15 @@ def train(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run folder (default: runs/<recipe name>).")] = None,
     stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae | prior (prior reuses the run's VQ-VAE).")] = "all",
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the newest complete checkpoint in the run folder.")] = False,
 ) -> None:
     def go():
         from vqaudio.config import load_recipe
         from vqaudio.train import train_recipe
 
         r = load_recipe(recipe, set_ or [])
-        run_dir = train_recipe(r, out, stage)
+        run_dir = train_recipe(r, out, stage, resume)
         typer.echo(f"trained {r.name}: models in {run_dir}, TensorBoard logs in {run_dir / 'tb'}")
         typer.echo(f"try: vqaudio resynth some.wav --model {run_dir}")
         if stage != "vqvae":

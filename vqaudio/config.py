@@ -80,6 +80,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     num_threads: int = 0  # torch threads; 0 = torch's default
+    nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" with an error, or "skip" the batch
 
 
 @dataclass
@@ -291,6 +292,9 @@ def _check_ranges(r, positive: dict[str, Any], non_negative: dict[str, Any]) -> 
         raise bad("quantizer.num_codes", f"must be at least 2, got {r.quantizer.num_codes}")
     if not 0 < r.quantizer.decay < 1:
         raise bad("quantizer.decay", f"must be between 0 and 1, got {r.quantizer.decay}")
+    for name in ("train", "prior_train"):
+        if getattr(r, name).nonfinite not in ("stop", "skip"):
+            raise bad(f"{name}.nonfinite", f"must be 'stop' or 'skip', got {getattr(r, name).nonfinite!r}")
     if not r.name or "/" in r.name:
         raise bad("name", f"must be a plain folder name, got {r.name!r}")
 
@@ -334,6 +338,14 @@ def validate(r: Recipe | ImageRecipe) -> None:
         if not r.resolve(folder).exists():
             raise bad("data.folders", f"names {folder!r}, which does not exist "
                       f"(looked at {r.resolve(folder)}); paths are relative to the recipe file")
+    from vqaudio.audio_io import list_audio_files  # here: audio_io imports numpy and soundfile
+
+    for folder in r.data.folders:
+        try:
+            list_audio_files([r.resolve(folder)])
+        except VqaudioError:  # exists (checked above), so the only error left is "nothing found"
+            raise bad("data.folders", f"names {folder!r}, which holds no audio files "
+                      f"(looked at {r.resolve(folder)}); put audio files there or fix the path") from None
 
 
 def _validate_image(r: ImageRecipe) -> None:

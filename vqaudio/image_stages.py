@@ -43,12 +43,16 @@ def image_splits(recipe: ImageRecipe) -> tuple[ImageSet, ImageSet]:
 
 
 def image_batches(images: Tensor, labels: Tensor | None, batch_size: int, seed: int):
-    """Endless shuffled (images, labels) batches; labels are zeros when the set has none."""
-    from vqaudio.stages import shuffled_batches
+    """start step -> endless shuffled (images, labels) batches from that step on; labels are
+    zeros when the set has none."""
+    from vqaudio.train import shuffled_batches
 
     labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
-    for index in shuffled_batches(len(images), batch_size, seed):
-        yield images[index], labels[index]
+
+    def batches_from(start: int):
+        for index in shuffled_batches(len(images), batch_size, seed, start):
+            yield images[index], labels[index]
+    return batches_from
 
 
 def side_by_side(a: Tensor, b: Tensor, nrow: int = 8) -> Tensor:
@@ -64,6 +68,7 @@ class ImageVQVAEStage:
         self.recipe, self.val = recipe, val.images
         self.model = build_image_vqvae(recipe)
         self.quantized = recipe.quantizer.kind != "none"
+        self.num_codes = recipe.quantizer.num_codes if self.quantized else 0  # collapse warning
 
     def loss(self, batch) -> tuple[Tensor, dict[str, float]]:
         x, _ = batch
@@ -93,8 +98,8 @@ class ImageVQVAEStage:
                          side_by_side(self.val[:32], x_hat[:32].clamp(0, 1)), step)
         return metrics
 
-    def save(self, directory: Path) -> None:
-        save_model_dir(directory, self.model, image_model_config(self.recipe))
+    def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
+        save_model_dir(directory, self.model, image_model_config(self.recipe), extra)
 
 
 class ImagePriorStage:
@@ -137,8 +142,8 @@ class ImagePriorStage:
                                       self.vqvae.decode(independent).clamp(0, 1)), step)
         return metrics
 
-    def save(self, directory: Path) -> None:
-        save_model_dir(directory, self.model, image_prior_config(self.recipe, self.vqvae_config, self.labels))
+    def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
+        save_model_dir(directory, self.model, image_prior_config(self.recipe, self.vqvae_config, self.labels), extra)
 
 
 def independent_codes(codes: Tensor, n: int, num_codes: int, seed: int) -> Tensor:

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from vqaudio.audio_io import list_audio_files
 from vqaudio.build import audio_model_config, audio_prior_config, build_audio_prior, build_audio_vqvae
@@ -24,7 +23,7 @@ from vqaudio.errors import VqaudioError
 from vqaudio.losses import ReconstructionLoss
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
 from vqaudio.priors.sampling import Controls
-from vqaudio.train import forever
+from vqaudio.train import shuffled_batches
 
 
 def audio_splits(recipe: Recipe) -> tuple[list[Path], list[Path]]:
@@ -45,6 +44,7 @@ class AudioVQVAEStage:
 
     def __init__(self, recipe: Recipe, val_set: AudioDataset):
         self.recipe = recipe
+        self.num_codes = recipe.quantizer.num_codes  # for the collapse warning
         self.model = build_audio_vqvae(recipe)
         self.criterion = ReconstructionLoss(
             recipe.data.sample_rate, {"l1": recipe.loss.l1, "stft": recipe.loss.stft,
@@ -90,8 +90,8 @@ class AudioVQVAEStage:
                              dataformats="HW")
         return metrics
 
-    def save(self, directory: Path) -> None:
-        save_model_dir(directory, self.model, audio_model_config(self.recipe))
+    def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
+        save_model_dir(directory, self.model, audio_model_config(self.recipe), extra)
 
 
 def log_spectrogram(wav: Tensor, n_fft: int = 256) -> Tensor:
@@ -117,10 +117,14 @@ def audio_vqvae_stage(recipe: Recipe):
     val_set = AudioDataset(val_files, d.sample_rate, segment, random_crop=False, peak=d.peak)
     if len(train_set) < 1:
         raise VqaudioError(f"recipe {recipe.source}: no training files in data.folders")
-    generator = torch.Generator().manual_seed(recipe.train.seed)
-    loader = DataLoader(train_set, batch_size=recipe.train.batch_size, shuffle=True,
-                        drop_last=len(train_set) >= recipe.train.batch_size, generator=generator)
-    return AudioVQVAEStage(recipe, val_set), forever(loader)
+    t = recipe.train
+
+    def batches_from(start: int):
+        # Crops come from torch's global RNG, which checkpoints save and --resume restores.
+        for index in shuffled_batches(len(train_set), t.batch_size, t.seed, start):
+            yield torch.stack([train_set[i] for i in index])
+
+    return AudioVQVAEStage(recipe, val_set), batches_from
 
 
 class AudioPriorStage:
@@ -165,8 +169,8 @@ class AudioPriorStage:
         length = round(seconds * self.codec.sample_rate)
         return [self.codec.decode(c.numpy(), length) for c in codes]
 
-    def save(self, directory: Path) -> None:
-        save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels))
+    def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
+        save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels), extra)
 
 
 @torch.no_grad()
@@ -176,21 +180,12 @@ def prior_bits_per_code(prior, sequences: CodeSequences, conditioned: bool) -> n
     total, frames = np.zeros(prior.levels), 0
     for start in range(0, len(sequences), 64):
         index = list(range(start, min(start + 64, len(sequences))))
-        codes, labels, mask = sequences.batch(index, longest, None, prior.levels)
+        codes, labels, mask = sequences.batch(index, longest, False, prior.levels)
         logits = prior(codes, labels if conditioned else None)
         ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
         total += (ce * mask.unsqueeze(-1)).sum((0, 1)).numpy()
         frames += int(mask.sum())
     return total / frames / math.log(2)
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless batches of indices: a fresh permutation every epoch, from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=generator).tolist()
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield order[i: i + batch_size]
 
 
 def audio_prior_stage(recipe: Recipe, run_dir: Path):
@@ -215,7 +210,10 @@ def audio_prior_stage(recipe: Recipe, run_dir: Path):
     p = recipe.prior
     train = encode_files(codec, train_files, ids[: len(train_files)], p.pad_seconds, run_dir / "codes-train.npz")
     val = encode_files(codec, val_files, ids[len(train_files):], p.pad_seconds, run_dir / "codes-val.npz")
-    generator = torch.Generator().manual_seed(recipe.prior_train.seed)
-    batches = (train.batch(index, p.sequence_frames, generator, p.levels)
-               for index in shuffled_batches(len(train), recipe.prior_train.batch_size, recipe.prior_train.seed))
-    return AudioPriorStage(recipe, codec, val, vocab), batches
+    t = recipe.prior_train
+
+    def batches_from(start: int):
+        for index in shuffled_batches(len(train), t.batch_size, t.seed, start):
+            yield train.batch(index, p.sequence_frames, True, p.levels)
+
+    return AudioPriorStage(recipe, codec, val, vocab), batches_from

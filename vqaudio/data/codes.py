@@ -34,17 +34,18 @@ class CodeSequences:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def batch(self, index: list[int], frames: int, generator: torch.Generator | None,
+    def batch(self, index: list[int], frames: int, random_crop: bool,
               levels: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(codes (B, frames, levels), labels (B,), mask (B, frames) of real frames). With a
-        generator, long sequences are cropped at random offsets; without, from the start."""
+        """(codes (B, frames, levels), labels (B,), mask (B, frames) of real frames). With
+        ``random_crop``, long sequences are cropped at offsets from torch's global RNG (saved in
+        checkpoints); without, from the start."""
         out = np.broadcast_to(self.silence[:levels], (len(index), frames, levels)).copy()
         mask = np.zeros((len(index), frames), dtype=bool)
         for row, i in enumerate(index):
             seq = self.sequences[i][:, :levels]
             start = 0
-            if len(seq) > frames and generator is not None:
-                start = int(torch.randint(0, len(seq) - frames + 1, (), generator=generator))
+            if len(seq) > frames and random_crop:
+                start = int(torch.randint(0, len(seq) - frames + 1, ()))
             piece = seq[start: start + frames]
             out[row, : len(piece)] = piece
             mask[row, : len(piece)] = True
