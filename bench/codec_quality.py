@@ -32,7 +32,6 @@ import argparse
 import datetime
 import math
 import platform
-import re
 import shutil
 import subprocess
 import sys

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # (b) peak memory and wall time of the CLI, and of importing torch alone for comparison
     r = run_wrapped([sys.executable, "-c", "import torch"], args.threads)
-    rows.append([f"`python -c 'import torch'` alone, fresh process (the fixed cost)", "-", "-",
+    rows.append(["`python -c 'import torch'` alone, fresh process (the fixed cost)", "-", "-",
                  f"{r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU", "-",
                  f"{r['maxrss_kb'] / 1024:.0f} MiB"])
     cli_cmds = []

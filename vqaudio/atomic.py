@@ -48,3 +48,20 @@ def _fsync_dir(folder: Path) -> None:
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def check_output_path(path: str | os.PathLike, label: str | None = None) -> None:
+    """Refuse, before any work, an output file that cannot be written: its folder is missing
+    or is a file, or the path itself is a folder. Messages start with ``label`` (default
+    ``cannot write PATH``)."""
+    from vqaudio.errors import VqaudioError
+
+    path = Path(path)
+    label = label or f"cannot write {path}"
+    if not path.parent.is_dir():
+        if path.parent.exists():
+            raise VqaudioError(f"{label}: {path.parent} is a file, not a folder; "
+                               "choose an output path inside a folder")
+        raise VqaudioError(f"{label}: the folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise VqaudioError(f"{label}: is a folder; give a file name ending in {path.suffix or '.wav'}")

@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from vqaudio.atomic import atomic_path
+from vqaudio.atomic import atomic_path, check_output_path
 from vqaudio.errors import VqaudioError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -165,9 +165,7 @@ def write_audio(path: str | os.PathLike, wav, sample_rate: int) -> None:
     data = np.clip(wav, -1.0, 1.0)
     if data.ndim == 2:
         data = data.T  # (C, T) -> (T, C), soundfile's layout
-    folder = path.parent
-    if not folder.is_dir():
-        raise VqaudioError(f"cannot write {path}: the folder {folder} does not exist; create it first")
+    check_output_path(path)
     try:
         with atomic_path(path) as tmp:
             sf.write(str(tmp), data, int(sample_rate), subtype="PCM_16", format="WAV")
@@ -203,7 +201,8 @@ def list_audio_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> 
             raise VqaudioError(f"audio path {root} does not exist; check the path")
     if not found:
         where = ", ".join(str(p) for p in paths)
-        raise VqaudioError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {where}")
+        raise VqaudioError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under {where}; "
+                           "put audio files there or check the path")
     return sorted(found.values(), key=str)
 
 
@@ -216,6 +215,8 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise VqaudioError(f"audio file {path} does not exist; check the path")
     if path.is_dir():
         raise VqaudioError(f"{path} is a folder, not an audio file; name a file inside it")
+    if path.is_file() and path.stat().st_size == 0:
+        raise VqaudioError(f"{path} is empty (0 bytes); export or copy it again")
     truncated = _wav_truncation(path)
     if truncated:
         raise VqaudioError(f"{path} is a truncated WAV file ({truncated}); export or copy it again")

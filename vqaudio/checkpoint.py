@@ -74,7 +74,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise VqaudioError(f"model {path}: is a file; pass the model's folder, not a file in it")
     cfg = path / CONFIG
     if not cfg.is_file():
-        raise VqaudioError(f"model {path}: {CONFIG} is missing; this is not a vqaudio model folder")
+        raise VqaudioError(f"model {path}: {CONFIG} is missing; this is not a vqaudio model folder "
+                           "(pass a model folder, or a training run folder such as runs/speech)")
     try:
         config = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -101,7 +102,10 @@ def load_into(module: torch.nn.Module, path: str | Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        # The first specific line ("size mismatch for …", "Missing key(s) …"), not the header.
+        first = next((l for l in lines[1:] if l), lines[0] if lines else "")
+        first = first if len(first) < 200 else first[:200] + "…"
         raise VqaudioError(f"model {path}: weights do not match its config.json ({first}); "
                            "the folder mixes files of different models") from None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -163,27 +164,38 @@ def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int, float]:
     """Codes (frames, levels), the original length and the input gain; checks they belong to
     ``codec``."""
     path = Path(path)
+    if path.is_dir():
+        raise VqaudioError(f"{path} is a folder, not a codes file; pass the .npz file made by 'vqaudio encode'")
     if not path.is_file():
         raise VqaudioError(f"{path}: no such codes file; make one with 'vqaudio encode IN -o {path.name}'")
     try:
         with np.load(path, allow_pickle=False) as data:
             codes, meta = data["codes"], json.loads(data["meta"].tobytes().decode())
-    except (OSError, ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VqaudioError(f"{path}: not a vqaudio codes file ({type(e).__name__}); "
-                           "make one with 'vqaudio encode'") from None
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a JSON object")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError,
+            UnicodeDecodeError, AttributeError) as e:
+        # EOFError: an empty file; BadZipFile: a truncated or damaged .npz (a zip archive).
+        raise VqaudioError(f"{path}: not a vqaudio codes file, or a damaged one ({type(e).__name__}); "
+                           "make it again with 'vqaudio encode'") from None
     if meta.get("model_id") != codec.config["model_id"]:
         raise VqaudioError(f"{path}: these codes come from another model (id {meta.get('model_id')}, "
                            f"this model is {codec.config['model_id']}); decode with the model that "
                            "encoded them (--model)")
-    if codes.ndim != 2 or not 1 <= codes.shape[1] <= codec.max_levels:
-        raise VqaudioError(f"{path}: codes have shape {codes.shape}, expected (frames, 1..{codec.max_levels})")
+    again = "the file is damaged; make it again with 'vqaudio encode'"
+    if (codes.ndim != 2 or not 1 <= codes.shape[1] <= codec.max_levels
+            or not np.issubdtype(codes.dtype, np.integer)):
+        raise VqaudioError(f"{path}: codes are {codes.dtype} of shape {codes.shape}, expected integers of "
+                           f"shape (frames, 1..{codec.max_levels}); {again}")
     if codes.size and (codes.min() < 0 or codes.max() >= codec.config["num_codes"]):
-        raise VqaudioError(f"{path}: codes out of range 0..{codec.config['num_codes'] - 1}; the file is corrupt")
-    length = int(meta.get("length", 0))
-    if not 0 < length <= codes.shape[0] * codec.hop:
-        raise VqaudioError(f"{path}: stored length {length} does not match {codes.shape[0]} frames")
+        raise VqaudioError(f"{path}: codes out of range 0..{codec.config['num_codes'] - 1} "
+                           f"(found {codes.min()}..{codes.max()}); {again}")
+    length = meta.get("length", 0)
+    if (isinstance(length, bool) or not isinstance(length, int)
+            or not 0 < length <= codes.shape[0] * codec.hop):
+        raise VqaudioError(f"{path}: stored length {length!r} does not match {codes.shape[0]} frames; {again}")
     gain = meta.get("gain", 1.0)
-    if not (isinstance(gain, (int, float)) and 0 < gain < float("inf")):
-        raise VqaudioError(f"{path}: stored gain {gain!r} is invalid; the file is corrupt")
+    if isinstance(gain, bool) or not (isinstance(gain, (int, float)) and 0 < gain < float("inf")):
+        raise VqaudioError(f"{path}: stored gain {gain!r} is invalid; {again}")
     return codes.astype(np.int64), length, float(gain)
 

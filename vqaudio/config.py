@@ -182,7 +182,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise VqaudioError(f"recipe {path}: not valid TOML ({e})") from None
+        raise VqaudioError(f"recipe {path}: not valid TOML ({e}); fix the file there") from None
     for item in overrides:
         _apply_override(raw, item, path)
     recipe = from_dict(raw, str(path))

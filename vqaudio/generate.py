@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vqaudio.atomic import check_output_path
 from vqaudio.audio_io import write_audio
 from vqaudio.build import AUDIO_PRIOR, IMAGE_PRIOR, load_audio_prior
 from vqaudio.checkpoint import read_config
@@ -68,18 +69,19 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
 
 
 def _check_output_folder(output: Path) -> None:
-    if not output.parent.is_dir():
-        raise VqaudioError(f"-o {output}: folder {output.parent} does not exist; create it first")
+    check_output_path(output, f"-o {output}")
 
 
 def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, output: Path,
                  controls: Controls, label: str | None, progress: bool) -> list[dict]:
     """Sample ``num`` clips of exactly ``seconds`` and write them; one result dict per file."""
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise VqaudioError(f"--seconds must be positive, got {seconds}")
+        raise VqaudioError(f"--seconds must be positive, got {seconds}; give the clip length, e.g. --seconds 2")
     if output.suffix.lower() != ".wav":
         raise VqaudioError(f"-o {output}: sampled audio is written as WAV; give a name ending in .wav")
-    _check_output_folder(output)
+    paths = output_paths(output, num)
+    for path in paths:  # all checked before the first clip is written
+        _check_output_folder(path)
     codec = load_codec(vqvae_dir)
     prior, config = load_audio_prior(prior_dir)
     if config["vqvae_model_id"] != codec.config["model_id"]:
@@ -90,11 +92,14 @@ def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, out
 
     frames = math.ceil(seconds * config["frames_per_second"])
     length = round(seconds * codec.sample_rate)
+    if length < 1:
+        raise VqaudioError(f"--seconds {seconds:g} is shorter than one sample at {codec.sample_rate} Hz; "
+                           f"ask for at least {1 / codec.sample_rate:g} s")
     bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
     codes = prior.generate(num, frames, controls, labels, progress=lambda t: bar.update(t - bar.n))
     bar.close()
     results = []
-    for path, c, name in zip(output_paths(output, num), codes, names):
+    for path, c, name in zip(paths, codes, names):
         wav = np.clip(codec.decode(c.numpy(), length), -1.0, 1.0)
         write_audio(path, wav, codec.sample_rate)
         results.append({"output": str(path), "duration_s": length / codec.sample_rate,

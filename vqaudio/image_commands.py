@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from vqaudio.atomic import check_output_path
 from vqaudio.build import load_image_prior, load_image_vqvae
 from vqaudio.data.images import IMAGE_EXTENSIONS, image_grid, load_images, read_image, write_image
 from vqaudio.errors import VqaudioError
@@ -33,14 +34,22 @@ def resynth_images(inputs: list[Path], output: Path | None, model: Path) -> Iter
     vqvae, config = load_image_vqvae(_run_dir(model) / "vqvae")
     if len(inputs) > 1 and output is not None and not output.is_dir():
         raise VqaudioError(f"{output}: several inputs need an existing output folder")
+    jobs = []  # every input is read and every output checked before the first is written
     for src in inputs:
         if output is None:
             dst = src.with_name(f"{src.stem}_resynth.png")
         else:
             dst = output / f"{src.stem}_resynth.png" if output.is_dir() else output
+        x = read_image(src, config["in_channels"], config["image_size"])[None]
         if dst.resolve() == src.resolve():
             raise VqaudioError(f"{dst}: the output would overwrite the input; choose another name")
-        x = read_image(src, config["in_channels"], config["image_size"])[None]
+        if dst.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise VqaudioError(f"{dst}: images are written as PNG; give an output name ending in .png")
+        check_output_path(dst, str(dst))
+        jobs.append((dst, x))
+    if len({dst.resolve() for dst, _ in jobs}) != len(jobs):
+        raise VqaudioError("two inputs would write the same output file; give them different names")
+    for dst, x in jobs:
         out = vqvae(x)
         mse = F.mse_loss(out.x_hat, x).item()
         write_image(dst, out.x_hat[0].clamp(0, 1))

@@ -105,6 +105,10 @@ def pesq_nb(ref: Signal, est: Signal,
         return None
 
 
+# STOI needs 30 frames of 25.6 ms (0.397 s) of speech to give a score.
+STOI_MIN_SECONDS = 0.39
+
+
 def stoi(ref: Signal, est: Signal,
          sample_rate: int) -> float | None:
     """Short-time objective intelligibility (0 to 1; Taal et al., IEEE TASLP 2011); None when
@@ -118,6 +122,8 @@ def stoi(ref: Signal, est: Signal,
     import warnings
 
     ref, est = _pair(ref, est)
+    if len(ref) < STOI_MIN_SECONDS * sample_rate:
+        return None  # pystoi returns its no-score value here, and crashes under ~26 ms
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         value = float(_stoi(ref, est, sample_rate, extended=False))

@@ -18,7 +18,7 @@ import soxr
 import torch
 from tqdm import tqdm
 
-from vqaudio.atomic import atomic_path
+from vqaudio.atomic import atomic_path, check_output_path
 from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audio_blocks
 from vqaudio.codec import Codec, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
@@ -73,15 +73,22 @@ def _progress(path: Path, codec: Codec, show: bool):
                 disable=not show or seconds <= PROGRESS_SECONDS), seconds, rate
 
 
-def _check_output(src: Path, dst: Path) -> None:
-    if dst.suffix.lower() != ".wav":
-        raise VqaudioError(f"{dst}: output must be a .wav file")
+def _check_output(src: Path, dst: Path, suffix: str = ".wav") -> None:
+    """Refuse, before any work, an output that cannot or must not be written."""
+    if dst.suffix.lower() != suffix:
+        what = "audio is written as WAV" if suffix == ".wav" else "codes files end in .npz"
+        raise VqaudioError(f"{dst}: {what}; give an output name ending in {suffix}")
     if dst.exists() and dst.resolve() == src.resolve():
         raise VqaudioError(f"{dst}: the output would overwrite the input; choose another -o")
-    if dst.is_dir():
-        raise VqaudioError(f"{dst} is a folder; give a file name ending in .wav")
-    if not dst.parent.is_dir():
-        raise VqaudioError(f"{dst.parent}: output folder does not exist; create it first")
+    check_output_path(dst, str(dst))
+
+
+def _check_input(src: Path) -> None:
+    """Header-level checks of an input (missing, a folder, truncated, not audio, no samples),
+    so a batch stops before its first output is written, not halfway through."""
+    frames, _, _ = audio_info(src)
+    if frames == 0 and src.suffix.lower() != ".mp3":  # MP3 headers may not know the length
+        raise VqaudioError(f"{src} has no samples (an empty or truncated file); remove it or export it again")
 
 
 def _open_wav(tmp: Path, rate: int):
@@ -113,8 +120,9 @@ def resynth_file(codec: Codec, src: Path, dst: Path, levels: int, input_rate: bo
                 bar.update()
             if resampler:
                 f.write(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    except OSError as e:
-        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder") from None
+    except (OSError, sf.SoundFileError) as e:
+        raise VqaudioError(f"{dst}: cannot write ({getattr(e, 'strerror', None) or e}); "
+                           "check the output folder is writable") from None
     finally:
         bar.close()
     return {"input": str(src), "output": str(dst), "duration_s": seconds, "levels": levels,
@@ -157,6 +165,10 @@ def resynth_paths(inputs: list[Path], output: Path | None, model: Path | None,
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
     pairs = plan_outputs(inputs, output)
+    for src, dst in pairs:  # every input and output is checked before the first is written
+        _check_input(src)
+        if len(pairs) == 1 or dst.parent.is_dir():  # else its folder is made below
+            _check_output(src, dst)
     for src, dst in pairs:
         if len(pairs) > 1:
             try:
@@ -171,10 +183,9 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
     """Write the codes of ``src`` to ``dst`` (.npz) with the model's identity."""
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
-    if Path(dst).suffix != ".npz":
-        raise VqaudioError(f"{dst}: codes files end in .npz")
-    if not Path(dst).parent.is_dir():
-        raise VqaudioError(f"{Path(dst).parent}: output folder does not exist; create it first")
+    src, dst = Path(src), Path(dst)
+    _check_output(src, dst, ".npz")
+    _check_input(src)
     hop, pieces, length = codec.hop, [], 0
     gain = _file_gain(codec, Path(src))
     with torch.no_grad():
@@ -184,9 +195,9 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
             length += b - a
     codes = np.concatenate(pieces)
     try:
-        save_codes(Path(dst), codec, codes, length, gain)
+        save_codes(dst, codec, codes, length, gain)
     except OSError as e:
-        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e})") from None
+        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder is writable") from None
     return {"output": str(dst), "frames": codes.shape[0], "levels": n,
             "bitrate_kbps": codec.bitrate(n) / 1000, "duration_s": length / codec.sample_rate}
 
@@ -206,8 +217,9 @@ def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
                 a = (start - lo) * codec.hop
                 end = min(length, (start + chunk) * codec.hop) - start * codec.hop
                 f.write(np.clip(y[a: a + end].numpy() / gain, -1, 1))
-    except OSError as e:
-        raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder") from None
+    except (OSError, sf.SoundFileError) as e:
+        raise VqaudioError(f"{dst}: cannot write ({getattr(e, 'strerror', None) or e}); "
+                           "check the output folder is writable") from None
     return {"output": str(dst), "duration_s": length / codec.sample_rate,
             "sample_rate": codec.sample_rate}
 

@@ -278,21 +278,22 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
     if resume and not (run_dir / "checkpoints").is_dir():
         raise VqaudioError(f"--resume: {run_dir} has no checkpoints to resume from; "
                            "train without --resume (or pass the run folder with --out)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(str(run_dir / "tb"))
+    writer = None
     try:
-        if stage in ("vqvae", "all"):
-            _threads(recipe.train)
-            seed_everything(recipe.train.seed)
-            vq_stage, batches_from = vqvae_stage_of(recipe)
-            fit(vq_stage, batches_from, recipe.train, run_dir, writer, resume)
-        if stage in ("prior", "all"):
-            _threads(recipe.prior_train)
-            seed_everything(recipe.prior_train.seed)
-            prior_stage, batches_from = prior_stage_of(recipe, run_dir)
-            fit(prior_stage, batches_from, recipe.prior_train, run_dir, writer, resume)
+        for name, cfg, make in (("vqvae", recipe.train, lambda: vqvae_stage_of(recipe)),
+                                ("prior", recipe.prior_train, lambda: prior_stage_of(recipe, run_dir))):
+            if stage not in (name, "all"):
+                continue
+            _threads(cfg)
+            seed_everything(cfg.seed)
+            current, batches_from = make()  # loads the data: bad data fails before any file is written
+            if writer is None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                writer = SummaryWriter(str(run_dir / "tb"))
+            fit(current, batches_from, cfg, run_dir, writer, resume)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return run_dir
 
 

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vqaudio.atomic import atomic_path
+from vqaudio.atomic import atomic_path, check_output_path
 from vqaudio.errors import VqaudioError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -194,8 +194,7 @@ def write_image(path: str | os.PathLike, image) -> None:
         raise VqaudioError(f"refusing to write {path}: the image contains NaN or Inf values")
     pixels = np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)  # (H, W, C)
     picture = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-    if not path.parent.is_dir():
-        raise VqaudioError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
+    check_output_path(path)
     try:
         with atomic_path(path) as tmp:
             picture.save(tmp, format=fmt)
