@@ -80,7 +80,7 @@ class Sampler:
 LogitsFn = Callable[[Tensor], Tensor]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def reference_sample(logits_fn: LogitsFn, shape: tuple[int, ...], batch: int, controls: Controls,
                      device: torch.device | str = "cpu") -> Tensor:
     """The plain ancestral loop: recompute ``logits_fn(codes)`` (B, *S, K) over the whole
