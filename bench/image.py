@@ -52,14 +52,13 @@ def val_mse(run: Path, images: torch.Tensor) -> float:
 @torch.no_grad()
 def prior_bits(run: Path, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, float, int]:
     from vqaudio.build import load_image_prior, load_image_vqvae
-    from vqaudio.image_stages import encode_images
+    from vqaudio.image_stages import encode_images, grid_nats
     from vqaudio.metrics import unigram_entropy_bits
 
     vqvae, _ = load_image_vqvae(run / "vqvae")
     prior, config = load_image_prior(run / "prior")
     codes = encode_images(vqvae, images)
-    logits = prior(codes, labels if config["labels"] else None)
-    bits = F.cross_entropy(logits.flatten(0, 2), codes.flatten()).item() / math.log(2)
+    bits = grid_nats(prior, codes, labels if config["labels"] else None) / codes.numel() / math.log(2)
     return bits, unigram_entropy_bits(codes.flatten(), config["num_codes"]), config["num_codes"]
 
 

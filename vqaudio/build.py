@@ -13,7 +13,7 @@ from vqaudio.errors import VqaudioError
 from vqaudio.nn.audio import Decoder1d, Encoder1d
 from vqaudio.nn.image import Decoder2d, Encoder2d, NoQuantizer
 from vqaudio.priors.pixelcnn import GatedPixelCNN
-from vqaudio.priors.wavenet import WaveNetPrior
+from vqaudio.priors.wavenet import WaveNetPrior, receptive_field
 from vqaudio.quantizer import ResidualVQ, VectorQuantizer
 from vqaudio.vqvae import VQVAE
 
@@ -81,7 +81,7 @@ def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: lis
         "levels": levels,
         "bitrate_bps": vqvae_config["bitrate_bps"][str(levels)],
         "labels": labels,  # label i of the model is labels[i]; [] when unconditioned
-        "receptive_field_frames": 1 + recipe.prior.cycles * (2 ** recipe.prior.layers_per_cycle - 1),
+        "receptive_field_frames": receptive_field(recipe.prior.layers_per_cycle, recipe.prior.cycles),
         "recipe": recipe.to_dict(),
     }
 

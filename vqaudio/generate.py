@@ -59,17 +59,13 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
         from vqaudio.image_commands import sample_images
 
         output = output or Path("samples.png")
-        _check_output_folder(output)
+        check_output_path(output, f"-o {output}")
         ids, names = _labels(prior_config.get("labels", []), label, num, controls.seed)
         result = sample_images(vqvae_dir, prior_dir, num, output, controls, ids)
         return [{**result, "labels": names}]
     if prior_config["kind"] != AUDIO_PRIOR:
         raise VqaudioError(f"model {prior_dir}: is a '{prior_config['kind']}' model, not a prior")
     return sample_audio(vqvae_dir, prior_dir, seconds, num, output or Path("sample.wav"), controls, label, progress)
-
-
-def _check_output_folder(output: Path) -> None:
-    check_output_path(output, f"-o {output}")
 
 
 def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, output: Path,
@@ -81,7 +77,7 @@ def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, out
         raise VqaudioError(f"-o {output}: sampled audio is written as WAV; give a name ending in .wav")
     paths = output_paths(output, num)
     for path in paths:  # all checked before the first clip is written
-        _check_output_folder(path)
+        check_output_path(path, f"-o {path}")
     codec = load_codec(vqvae_dir)
     prior, config = load_audio_prior(prior_dir)
     if config["vqvae_model_id"] != codec.config["model_id"]:

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from vqaudio.atomic import check_output_path
 from vqaudio.build import load_image_prior, load_image_vqvae
+from vqaudio.codec import resolve_model_dir
 from vqaudio.data.images import IMAGE_EXTENSIONS, image_grid, load_images, read_image, write_image
 from vqaudio.errors import VqaudioError
+from vqaudio.image_stages import grid_nats
 from vqaudio.metrics import perplexity
 from vqaudio.priors.sampling import Controls
 
@@ -22,16 +24,11 @@ def psnr_db(mse: float) -> float:
     return 10 * math.log10(1 / max(mse, 1e-12))
 
 
-def _run_dir(model: Path) -> Path:
-    """The run folder of a model argument: the folder itself or the parent of its vqvae/."""
-    return model if (model / "vqvae" / "config.json").is_file() else model.parent
-
-
 @torch.no_grad()
 def resynth_images(inputs: list[Path], output: Path | None, model: Path) -> Iterator[dict]:
     """Reconstruct image files through the VQ-VAE: ``glyph.png`` -> ``glyph_resynth.png``
     (or ``output`` for one input, or files in the ``output`` folder for several)."""
-    vqvae, config = load_image_vqvae(_run_dir(model) / "vqvae")
+    vqvae, config = load_image_vqvae(resolve_model_dir(model))
     if len(inputs) > 1 and output is not None and not output.is_dir():
         raise VqaudioError(f"{output}: several inputs need an existing output folder")
     jobs = []  # every input is read and every output checked before the first is written
@@ -61,8 +58,9 @@ def resynth_images(inputs: list[Path], output: Path | None, model: Path) -> Iter
 def evaluate_images(inputs: list[Path], model: Path) -> dict:
     """MSE / PSNR of the reconstructions, code use, and (when the run has a prior) the prior's
     bits per code and bits per pixel, over image files, an .npz / IDX set or a PNG folder."""
-    run = _run_dir(model)
-    vqvae, config = load_image_vqvae(run / "vqvae")
+    vqvae_dir = resolve_model_dir(model)
+    run = vqvae_dir.parent  # where a prior/ beside the VQ-VAE would be
+    vqvae, config = load_image_vqvae(vqvae_dir)
     images, names = [], []  # names: the label name of every image, or None
     for path in inputs:
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -96,11 +94,7 @@ def evaluate_images(inputs: list[Path], model: Path) -> dict:
                 raise VqaudioError(f"this prior is conditioned on the labels {', '.join(vocab)}; evaluate a "
                                    f"set labelled with them (found {sorted(map(str, unknown))[:3]})")
             label_ids = torch.tensor([vocab.index(n) for n in names])
-        nats = 0.0
-        for i in range(0, len(codes), 512):
-            c = codes[i: i + 512]
-            logits = prior(c, None if label_ids is None else label_ids[i: i + 512])
-            nats += F.cross_entropy(logits.flatten(0, 2), c.flatten(), reduction="sum").item()
+        nats = grid_nats(prior, codes, label_ids)
         summary["prior_bits_per_code"] = nats / codes.numel() / math.log(2)
         summary["prior_bits_per_dim"] = nats / x[0].numel() / len(x) / math.log(2)  # per pixel value
         summary["log2_k"] = math.log2(k)

@@ -19,6 +19,7 @@ from vqaudio.data.images import ImageSet, image_grid, load_images, split_images
 from vqaudio.errors import VqaudioError
 from vqaudio.metrics import perplexity, unigram_entropy_bits
 from vqaudio.priors.sampling import Controls
+from vqaudio.train import shuffled_batches
 
 
 def image_splits(recipe: ImageRecipe) -> tuple[ImageSet, ImageSet]:
@@ -45,8 +46,6 @@ def image_splits(recipe: ImageRecipe) -> tuple[ImageSet, ImageSet]:
 def image_batches(images: Tensor, labels: Tensor | None, batch_size: int, seed: int):
     """start step -> endless shuffled (images, labels) batches from that step on; labels are
     zeros when the set has none."""
-    from vqaudio.train import shuffled_batches
-
     labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
 
     def batches_from(start: int):
@@ -126,9 +125,7 @@ class ImagePriorStage:
         """Bits per code on the validation grids beside log2 K and the unigram entropy;
         decoded prior samples beside grids of independently drawn codes."""
         k = self.recipe.quantizer.num_codes
-        nll = sum(F.cross_entropy(self.model(c, self._labels(l)).flatten(0, 2), c.flatten(), reduction="sum").item()
-                  for c, l in zip(self.val_codes.split(256), self.val_labels.split(256)))
-        bits = nll / self.val_codes.numel() / math.log(2)
+        bits = grid_nats(self.model, self.val_codes, self._labels(self.val_labels)) / self.val_codes.numel() / math.log(2)
         metrics = {"bits_per_code": bits, "unigram_entropy_bits": unigram_entropy_bits(self.val_codes.flatten(), k),
                    "log2_k": math.log2(k)}
         for key, v in metrics.items():
@@ -144,6 +141,18 @@ class ImagePriorStage:
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
         save_model_dir(directory, self.model, image_prior_config(self.recipe, self.vqvae_config, self.labels), extra)
+
+
+@torch.no_grad()
+def grid_nats(prior, codes: Tensor, labels: Tensor | None, batch: int = 512) -> float:
+    """The prior's total negative log-likelihood (nats) of code grids (N, H, W); ``labels``
+    (N,) for a conditioned prior, else None."""
+    total = 0.0
+    for i in range(0, len(codes), batch):
+        c = codes[i: i + batch]
+        logits = prior(c, None if labels is None else labels[i: i + batch])
+        total += F.cross_entropy(logits.flatten(0, 2), c.flatten(), reduction="sum").item()
+    return total
 
 
 def independent_codes(codes: Tensor, n: int, num_codes: int, seed: int) -> Tensor:

@@ -25,6 +25,12 @@ from torch import Tensor, nn
 from vqaudio.priors.sampling import Controls, Sampler
 
 
+def receptive_field(layers_per_cycle: int, cycles: int) -> int:
+    """Frames of past codes that reach ``h_t``: 1 (the input shift) + the sum of the
+    dilations 1, 2, … 2^(layers_per_cycle-1) over all cycles."""
+    return 1 + cycles * (2 ** layers_per_cycle - 1)
+
+
 class GatedLayer(nn.Module):
     """Dilated causal conv -> tanh·sigmoid gate -> 1×1 conv to (residual, skip)."""
 
@@ -59,6 +65,7 @@ class WaveNetPrior(nn.Module):
                  layers_per_cycle: int = 7, num_labels: int = 0):
         super().__init__()
         self.num_codes, self.levels, self.channels, self.num_labels = num_codes, levels, channels, num_labels
+        self.cycles = cycles
         # The prior's own embeddings of code indices (level l's code c is row l·K + c): one
         # for the past frames the stack reads, one for the lower levels the heads read.
         self.embed = nn.Embedding(levels * num_codes, channels)
@@ -76,12 +83,14 @@ class WaveNetPrior(nn.Module):
 
     @property
     def receptive_field(self) -> int:
-        """Frames of past codes that reach ``h_t``: 1 (the shift) + Σ dilations."""
-        return 1 + sum(layer.dilation for layer in self.layers)
+        return receptive_field(len(self.layers) // self.cycles, self.cycles)
 
     def _check(self, codes: Tensor, labels: Tensor | None) -> None:
         if codes.dim() != 3 or codes.shape[-1] != self.levels:
             raise ValueError(f"codes must be (B, T, {self.levels}), got {tuple(codes.shape)}")
+        self._check_labels(labels)
+
+    def _check_labels(self, labels: Tensor | None) -> None:
         if (labels is None) != (self.num_labels == 0):
             raise ValueError("labels are required exactly when the prior is label-conditioned")
 
@@ -124,7 +133,7 @@ class WaveNetPrior(nn.Module):
         the same noise stream in the same order as ``reference_sample``, so the output equals
         the full-recompute reference for the same seed.
         """
-        self._check(torch.zeros(batch, 0, self.levels, dtype=torch.long), labels)
+        self._check_labels(labels)
         device, dtype = self.embed.weight.device, self.embed.weight.dtype
         steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
         for layer in self.layers:
