@@ -87,9 +87,10 @@ class AudioDataset(Dataset):
     """Fixed-length mono segments of audio files, all decoded once and kept in memory.
 
     ``dataset[i]`` is a ``(1, segment_samples)`` float32 tensor from file i: a uniformly random
-    window when ``random_crop`` (drawn from torch's global RNG, so ``torch.manual_seed`` and
-    DataLoader worker seeding make it reproducible), else the first ``segment_samples``
-    samples. Files shorter than a segment are zero-padded at the end.
+    window when ``random_crop`` (drawn from torch's global RNG, so ``torch.manual_seed`` makes
+    it reproducible), else the first ``segment_samples`` samples. ``dataset[(i, seed)]`` draws
+    the window from ``seed`` instead (training batches, see data/batches.py). Files shorter
+    than a segment are zero-padded at the end.
 
     ``peak`` > 0 scales each file so its largest sample is ``peak`` (see :func:`peak_gain`).
 
@@ -116,12 +117,15 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.waveforms)
 
-    def __getitem__(self, i: int) -> Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+        i, generator = key, None
+        if isinstance(key, tuple):
+            i, generator = key[0], torch.Generator().manual_seed(key[1])
         wav = self.waveforms[i]  # (T,)
         n = self.segment_samples
         extra = wav.numel() - n
         if extra > 0:
-            start = int(torch.randint(0, extra + 1, ())) if self.random_crop else 0
+            start = int(torch.randint(0, extra + 1, (), generator=generator)) if self.random_crop else 0
             segment = wav[start : start + n].clone()  # a copy: callers may modify it in place
         else:
             segment = torch.nn.functional.pad(wav, (0, -extra))  # pad the end with zeros

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from vqaudio.atomic import atomic_path
 from vqaudio.audio_io import read_audio
@@ -34,25 +35,46 @@ class CodeSequences:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def batch(self, index: list[int], frames: int, random_crop: bool,
-              levels: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(codes (B, frames, levels), labels (B,), mask (B, frames) of real frames). With
-        ``random_crop``, long sequences are cropped at offsets from torch's global RNG (saved in
-        checkpoints); without, from the start."""
-        out = np.broadcast_to(self.silence[:levels], (len(index), frames, levels)).copy()
-        mask = np.zeros((len(index), frames), dtype=bool)
-        for row, i in enumerate(index):
-            seq = self.sequences[i][:, :levels]
-            start = 0
-            if len(seq) > frames and random_crop:
-                start = int(torch.randint(0, len(seq) - frames + 1, ()))
-            piece = seq[start: start + frames]
-            out[row, : len(piece)] = piece
-            mask[row, : len(piece)] = True
-        return (torch.from_numpy(out), torch.from_numpy(self.labels[index]), torch.from_numpy(mask))
+    def crop(self, i: int, frames: int, levels: int,
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(codes (frames, levels), mask (frames,) of real frames) of sequence i: from a random
+        offset drawn from ``generator`` when given and the sequence is longer, else from its
+        start; short sequences are padded with the codes of silence."""
+        seq = self.sequences[i][:, :levels]
+        start = 0
+        if len(seq) > frames and generator is not None:
+            start = int(torch.randint(0, len(seq) - frames + 1, (), generator=generator))
+        piece = seq[start: start + frames]
+        out = np.broadcast_to(self.silence[:levels], (frames, levels)).copy()
+        out[: len(piece)] = piece
+        mask = np.zeros(frames, dtype=bool)
+        mask[: len(piece)] = True
+        return torch.from_numpy(out), torch.from_numpy(mask)
+
+    def batch(self, index: list[int], frames: int, levels: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(codes (B, frames, levels), labels (B,), mask (B, frames)) from the sequences' starts."""
+        crops = [self.crop(i, frames, levels) for i in index]
+        return (torch.stack([c for c, _ in crops]), torch.from_numpy(self.labels[index]),
+                torch.stack([m for _, m in crops]))
 
     def all_codes(self, levels: int) -> np.ndarray:
         return np.concatenate([s[:, :levels] for s in self.sequences])
+
+
+class CodeCrops(Dataset):
+    """Training items ``(codes (frames, levels), label, mask)`` by key ``(sequence, crop_seed)``:
+    a random crop of each sequence, drawn from the key's seed (see data/batches.py)."""
+
+    def __init__(self, sequences: CodeSequences, frames: int, levels: int):
+        self.sequences, self.frames, self.levels = sequences, frames, levels
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        i, seed = key
+        codes, mask = self.sequences.crop(i, self.frames, self.levels, torch.Generator().manual_seed(seed))
+        return codes, torch.tensor(self.sequences.labels[i]), mask
 
 
 def silence_codes(codec: Codec) -> np.ndarray:
