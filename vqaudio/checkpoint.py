@@ -145,6 +145,8 @@ def training_state_files(step: int, optimizer: torch.optim.Optimizer, scheduler)
     np_state = np.random.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()  # the current GPU's
     py_state = random.getstate()
     meta = {
         "step": step,
@@ -181,6 +183,8 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     kind, pos, has_gauss, gauss = meta["rng_numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = meta["rng_python"]

@@ -46,7 +46,10 @@ def _run(fn: Callable[[], object]) -> None:
     try:
         fn()
     except Interrupted as e:  # Ctrl-C in training, after saving a checkpoint
-        typer.echo(str(e), err=True)
+        from vqaudio.distributed import is_main_process
+
+        if is_main_process():  # under torchrun every rank stops; one says so
+            typer.echo(str(e), err=True)
         raise typer.Exit(130)
     except VqaudioError as e:
         if _state["debug"]:
@@ -78,18 +81,32 @@ def train(
         "--out", "-o", help="Run folder (default: runs/<recipe name>).")] = None,
     stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae | prior (prior reuses the run's VQ-VAE).")] = "all",
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue from the newest complete checkpoint in the run folder.")] = False,
+        "--resume", help="Continue from the newest complete checkpoint in the run folder "
+                         "(with the same or another number of processes).")] = False,
+    device: Annotated[str, typer.Option(
+        help="auto | cpu | cuda (auto: CUDA when torch sees a GPU).")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto | fp32 | bf16: bf16 autocasts the networks (the quantizer stays float32); "
+             "auto is bf16 on CUDA, fp32 on the CPU.")] = "auto",
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the model (slow first steps, faster after).")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        help="DataLoader worker processes (default: 0 on the CPU, up to 4 per GPU).")] = None,
 ) -> None:
     def go():
         from vqaudio.config import load_recipe
+        from vqaudio.distributed import is_main_process
         from vqaudio.train import train_recipe
 
         r = load_recipe(recipe, set_ or [])
-        run_dir = train_recipe(r, out, stage, resume)
+        run_dir = train_recipe(r, out, stage, resume, device, precision, compile_, workers)
+        if not is_main_process():
+            return
         typer.echo(f"trained {r.name}: models in {run_dir}, TensorBoard logs in {run_dir / 'tb'}")
-        typer.echo(f"try: vqaudio resynth some.wav --model {run_dir}")
-        if stage != "vqvae":
-            typer.echo(f"     vqaudio sample --seconds 2 --model {run_dir}")
+        image = r.kind == "image"
+        typer.echo(f"try: vqaudio resynth {'glyph.png' if image else 'some.wav'} --model {run_dir}")
+        if stage != "vqvae" and not (image and r.quantizer.kind == "none"):
+            typer.echo(f"     vqaudio sample {'--num 64 -o samples.png' if image else '--seconds 2'} --model {run_dir}")
     _run(go)
 
 

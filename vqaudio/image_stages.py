@@ -19,7 +19,7 @@ from vqaudio.data.images import ImageSet, image_grid, load_images, split_images
 from vqaudio.errors import VqaudioError
 from vqaudio.metrics import perplexity, unigram_entropy_bits
 from vqaudio.priors.sampling import Controls
-from vqaudio.train import shuffled_batches
+from vqaudio.data.batches import KeyedTensors
 
 
 def image_splits(recipe: ImageRecipe) -> tuple[ImageSet, ImageSet]:
@@ -43,15 +43,9 @@ def image_splits(recipe: ImageRecipe) -> tuple[ImageSet, ImageSet]:
     return split_images(data, d.val_count)
 
 
-def image_batches(images: Tensor, labels: Tensor | None, batch_size: int, seed: int):
-    """start step -> endless shuffled (images, labels) batches from that step on; labels are
-    zeros when the set has none."""
-    labels = labels if labels is not None else torch.zeros(len(images), dtype=torch.long)
-
-    def batches_from(start: int):
-        for index in shuffled_batches(len(images), batch_size, seed, start):
-            yield images[index], labels[index]
-    return batches_from
+def image_items(images: Tensor, labels: Tensor | None) -> KeyedTensors:
+    """Training items (image or code grid, label); labels are zeros when the set has none."""
+    return KeyedTensors(images, labels if labels is not None else torch.zeros(len(images), dtype=torch.long))
 
 
 def side_by_side(a: Tensor, b: Tensor, nrow: int = 8) -> Tensor:
@@ -82,12 +76,13 @@ class ImageVQVAEStage:
 
     def validate(self, writer, step: int) -> dict[str, float]:
         """Validation MSE and PSNR, code use; originals beside reconstructions; code histogram."""
-        outs = [self.model(x) for x in self.val.split(256)]
-        x_hat = torch.cat([o.x_hat for o in outs])
+        device = next(self.model.parameters()).device
+        outs = [self.model(x.to(device)) for x in self.val.split(256)]
+        x_hat = torch.cat([o.x_hat.cpu() for o in outs])
         mse = F.mse_loss(x_hat, self.val).item()
         metrics = {"mse": mse, "psnr_db": 10 * math.log10(1 / max(mse, 1e-12))}
         if self.quantized:
-            codes = torch.cat([o.q.codes.flatten() for o in outs])
+            codes = torch.cat([o.q.codes.flatten().cpu() for o in outs])
             k = self.recipe.quantizer.num_codes
             metrics.update(perplexity=perplexity(codes, k), codes_used=float(codes.unique().numel()))
             writer.add_histogram(f"{self.name}/codes", codes.numpy(), step, bins=np.arange(k + 1) - 0.5)
@@ -132,7 +127,7 @@ class ImagePriorStage:
             writer.add_scalar(f"{self.name}/val/{key}", v, step)
         n = 32
         labels = torch.arange(n) % len(self.labels) if self.labels else None
-        grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step), labels)
+        grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step), labels).cpu()
         independent = independent_codes(self.train_codes, n, k, seed=step)
         writer.add_image(f"{self.name}/samples_vs_independent_codes",
                          side_by_side(self.vqvae.decode(grids).clamp(0, 1),
@@ -147,10 +142,10 @@ class ImagePriorStage:
 def grid_nats(prior, codes: Tensor, labels: Tensor | None, batch: int = 512) -> float:
     """The prior's total negative log-likelihood (nats) of code grids (N, H, W); ``labels``
     (N,) for a conditioned prior, else None."""
-    total = 0.0
+    total, device = 0.0, next(prior.parameters()).device
     for i in range(0, len(codes), batch):
-        c = codes[i: i + batch]
-        logits = prior(c, None if labels is None else labels[i: i + batch])
+        c = codes[i: i + batch].to(device)
+        logits = prior(c, None if labels is None else labels[i: i + batch].to(device))
         total += F.cross_entropy(logits.flatten(0, 2), c.flatten(), reduction="sum").item()
     return total
 
@@ -165,8 +160,7 @@ def independent_codes(codes: Tensor, n: int, num_codes: int, seed: int) -> Tenso
 
 def image_vqvae_stage(recipe: ImageRecipe):
     train, val = image_splits(recipe)
-    batches = image_batches(train.images, train.labels, recipe.train.batch_size, recipe.train.seed)
-    return ImageVQVAEStage(recipe, val), batches
+    return ImageVQVAEStage(recipe, val), image_items(train.images, train.labels)
 
 
 @torch.no_grad()
@@ -193,6 +187,5 @@ def image_prior_stage(recipe: ImageRecipe, run_dir: Path):
     zeros = lambda s: torch.zeros(len(s.images), dtype=torch.long)
     val_labels = val.labels if val.labels is not None else zeros(val)
     stage = ImagePriorStage(recipe, vqvae, config, val_codes, val_labels, train_codes, labels)
-    batches = image_batches(train_codes, train.labels, recipe.prior_train.batch_size, recipe.prior_train.seed)
-    return stage, batches
+    return stage, image_items(train_codes, train.labels)
 

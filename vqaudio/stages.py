@@ -17,12 +17,11 @@ from vqaudio.checkpoint import save_model_dir
 from vqaudio.codec import Codec, load_codec
 from vqaudio.config import Recipe
 from vqaudio.data.audio import AudioDataset, label_of, split_files
-from vqaudio.data.codes import CodeSequences, encode_files
+from vqaudio.data.codes import CodeCrops, CodeSequences, encode_files
 from vqaudio.errors import VqaudioError
 from vqaudio.losses import ReconstructionLoss
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
 from vqaudio.priors.sampling import Controls
-from vqaudio.train import shuffled_batches
 
 
 def audio_splits(recipe: Recipe) -> tuple[list[Path], list[Path]]:
@@ -51,8 +50,9 @@ class AudioVQVAEStage:
         self.val_batch = torch.stack([val_set[i] for i in range(len(val_set))])  # (N, 1, T)
 
     def loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+        self.criterion.to(x.device)  # its STFT windows and mel filters follow the model's device
         out = self.model(x)
-        total, terms = self.criterion(out.x_hat, x)
+        total, terms = self.criterion(out.x_hat, x, across_ranks=True)  # every rank trains
         total = total + self.recipe.loss.quantizer * out.q.loss
         scalars = {"loss": total.item(), **{k: v.item() for k, v in terms.items()},
                    "quantizer": out.q.loss.item(), "perplexity": out.q.perplexity.item(),
@@ -62,15 +62,17 @@ class AudioVQVAEStage:
     def validate(self, writer, step: int) -> dict[str, float]:
         """Loss and SI-SNR at 1 level and at every level; audio, spectrograms and code use."""
         x, sr = self.val_batch, self.recipe.data.sample_rate
+        device = next(self.model.parameters()).device
         metrics: dict[str, float] = {}
         levels = sorted({1, self.recipe.quantizer.levels})
         for n in levels:
-            out = self.model(x, levels=n)
-            total, _ = self.criterion(out.x_hat, x)
-            snr = np.mean([si_snr(a[0].numpy(), b[0].numpy()) for a, b in zip(x, out.x_hat)])
+            out = self.model(x.to(device), levels=n)
+            total, _ = self.criterion(out.x_hat, x.to(device))
+            x_hat = out.x_hat.cpu()
+            snr = np.mean([si_snr(a[0].numpy(), b[0].numpy()) for a, b in zip(x, x_hat)])
             metrics[f"loss_{n}lvl"] = total.item()
             metrics[f"si_snr_{n}lvl"] = float(snr)
-        codes = out.q.codes.reshape(-1, out.q.codes.shape[-1])  # (N * frames, levels)
+        codes = out.q.codes.reshape(-1, out.q.codes.shape[-1]).cpu()  # (N * frames, levels)
         metrics["perplexity"] = perplexity(codes[:, 0], self.recipe.quantizer.num_codes)
         metrics["codes_used"] = float(codes[:, 0].unique().numel())
         for k, v in metrics.items():
@@ -81,11 +83,11 @@ class AudioVQVAEStage:
         for i in range(min(2, len(x))):
             # Original and reconstruction side by side in one clip, 0.25 s of silence between.
             gap = torch.zeros(sr // 4)
-            clip = torch.cat([x[i, 0], gap, out.x_hat[i, 0].clamp(-1, 1)])
+            clip = torch.cat([x[i, 0], gap, x_hat[i, 0].clamp(-1, 1)])
             writer.add_audio(f"{self.name}/audio/{i}_original_then_reconstruction", clip, step,
                              sample_rate=sr)
             writer.add_image(f"{self.name}/spectrogram/{i}_original_vs_reconstruction",
-                             side_by_side_spectrogram(x[i, 0], out.x_hat[i, 0]), step,
+                             side_by_side_spectrogram(x[i, 0], x_hat[i, 0]), step,
                              dataformats="HW")
         return metrics
 
@@ -108,7 +110,7 @@ def side_by_side_spectrogram(a: Tensor, b: Tensor) -> Tensor:
 
 
 def audio_vqvae_stage(recipe: Recipe):
-    """The VQ-VAE stage and an endless iterator of shuffled training batches (B, 1, T)."""
+    """The VQ-VAE stage and its training set: items (1, T) by key (file, crop seed)."""
     train_files, val_files = audio_splits(recipe)
     d = recipe.data
     segment = int(d.segment_seconds * d.sample_rate)
@@ -116,14 +118,7 @@ def audio_vqvae_stage(recipe: Recipe):
     val_set = AudioDataset(val_files, d.sample_rate, segment, random_crop=False, peak=d.peak)
     if len(train_set) < 1:
         raise VqaudioError(f"recipe {recipe.source}: no training files in data.folders")
-    t = recipe.train
-
-    def batches_from(start: int):
-        # Crops come from torch's global RNG, which checkpoints save and --resume restores.
-        for index in shuffled_batches(len(train_set), t.batch_size, t.seed, start):
-            yield torch.stack([train_set[i] for i in index])
-
-    return AudioVQVAEStage(recipe, val_set), batches_from
+    return AudioVQVAEStage(recipe, val_set), train_set
 
 
 class AudioPriorStage:
@@ -164,7 +159,7 @@ class AudioPriorStage:
     def sample(self, num: int, seconds: float, controls: Controls) -> list[np.ndarray]:
         labels = torch.arange(num) % len(self.labels) if self.labels else None
         frames = math.ceil(seconds * self.codec.config["frames_per_second"])
-        codes = self.model.generate(num, frames, controls, labels)
+        codes = self.model.generate(num, frames, controls, labels).cpu()
         length = round(seconds * self.codec.sample_rate)
         return [self.codec.decode(c.numpy(), length) for c in codes]
 
@@ -176,19 +171,20 @@ class AudioPriorStage:
 def prior_bits_per_code(prior, sequences: CodeSequences, conditioned: bool) -> np.ndarray:
     """The prior's NLL in bits per code on whole sequences (real frames only), per level."""
     longest = max(len(s) for s in sequences.sequences)
+    device = next(prior.parameters()).device
     total, frames = np.zeros(prior.levels), 0
     for start in range(0, len(sequences), 64):
         index = list(range(start, min(start + 64, len(sequences))))
-        codes, labels, mask = sequences.batch(index, longest, False, prior.levels)
+        codes, labels, mask = (t.to(device) for t in sequences.batch(index, longest, prior.levels))
         logits = prior(codes, labels if conditioned else None)
         ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
-        total += (ce * mask.unsqueeze(-1)).sum((0, 1)).numpy()
+        total += (ce * mask.unsqueeze(-1)).sum((0, 1)).cpu().numpy()
         frames += int(mask.sum())
     return total / frames / math.log(2)
 
 
 def audio_prior_stage(recipe: Recipe, run_dir: Path):
-    """The prior stage and an endless iterator of (codes, labels, mask) training crops. The
+    """The prior stage and its training set: (codes, label, mask) crops by key. The
     VQ-VAE is the one in ``run_dir/vqvae``; the data set is encoded once and cached beside it."""
     if not (run_dir / "vqvae" / "config.json").is_file():
         raise VqaudioError(f"no trained VQ-VAE in {run_dir / 'vqvae'}; train it first with "
@@ -209,10 +205,4 @@ def audio_prior_stage(recipe: Recipe, run_dir: Path):
     p = recipe.prior
     train = encode_files(codec, train_files, ids[: len(train_files)], p.pad_seconds, run_dir / "codes-train.npz")
     val = encode_files(codec, val_files, ids[len(train_files):], p.pad_seconds, run_dir / "codes-val.npz")
-    t = recipe.prior_train
-
-    def batches_from(start: int):
-        for index in shuffled_batches(len(train), t.batch_size, t.seed, start):
-            yield train.batch(index, p.sequence_frames, True, p.levels)
-
-    return AudioPriorStage(recipe, codec, val, vocab), batches_from
+    return AudioPriorStage(recipe, codec, val, vocab), CodeCrops(train, p.sequence_frames, p.levels)

@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from vqaudio.config import ImageRecipe, Recipe, TrainConfig
+from vqaudio.data.batches import BatchesFrom, step_batches
+from vqaudio.distributed import NullWriter, Runtime, runtime, say
 from vqaudio.errors import Interrupted, VqaudioError
 
 
@@ -54,56 +56,77 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def shuffled_batches(n: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
-    """Endless batches of indices into n items: a fresh permutation every epoch, drawn from
-    ``seed`` alone, so the batch of any step is known without replaying training: ``start``
-    skips the first ``start`` batches (for --resume)."""
-    generator = torch.Generator().manual_seed(seed)
-    per_epoch = max(1, n // batch_size)  # the last partial batch of an epoch is dropped
-    for _ in range(start // per_epoch):
-        torch.randperm(n, generator=generator)  # advance the generator past whole epochs
-    skip = start % per_epoch
-    while True:
-        order = torch.randperm(n, generator=generator).tolist()
-        for b in range(skip, per_epoch):
-            yield order[b * batch_size: (b + 1) * batch_size]
-        skip = 0
+class StageStep(nn.Module):
+    """A stage's training loss as a module's forward. DistributedDataParallel averages the
+    gradients of what runs through its wrapper's forward, and a stage's loss may call more than
+    the model's forward (the prior's ``nll``), so the wrapper wraps the whole loss."""
+
+    def __init__(self, stage: Stage):
+        super().__init__()
+        self.model = stage.model  # registered: the wrapper's parameters are the model's
+        self.stage = stage
+
+    def forward(self, batch) -> tuple[Tensor, dict[str, float]]:
+        return self.stage.loss(batch)
 
 
-BatchesFrom = Callable[[int], Iterator]  # start step -> the batches of steps start+1, start+2, …
+def to_device(batch, device: torch.device):
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
 
 
 def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path, writer,
-        resume: bool = False) -> dict:
+        resume: bool = False, rt: Runtime | None = None) -> dict:
     """Train ``stage.model`` for ``cfg.steps`` steps; returns the last validation metrics.
 
     With ``resume``, training continues from the newest complete checkpoint of this stage in
     ``run_dir/checkpoints`` (weights, optimizer, schedule, RNG states; the batches restart at
-    the same step), so the result equals an uninterrupted run's. Ctrl-C saves a checkpoint of
-    the last finished step and raises :class:`Interrupted`.
+    the same step), so the result equals an uninterrupted run's. Ctrl-C (or SIGTERM) saves a
+    checkpoint of the last finished step and raises :class:`Interrupted`.
+
+    ``rt`` says where to run (device, bf16 autocast, torch.compile) and, under torchrun, which
+    rank this is: the model is then wrapped in DistributedDataParallel, ``batches_from`` gives
+    this rank's share of each global batch, and only rank 0 validates and writes.
     """
-    model = stage.model
+    rt = rt or Runtime()
+    model = stage.model.to(rt.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     tag = stage.name
     first = resume_from_checkpoint(stage, run_dir, opt, sched) if resume else 0
+    if rt.compile:
+        model.compile()  # in place: the state dict keeps its names, checkpoints stay loadable
+    net: nn.Module = StageStep(stage)
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Rank 0's weights and buffers are broadcast here. Buffers are not broadcast again at
+        # every step: the quantizer all-reduces its EMA statistics itself (QUANTIZER.md 4).
+        unused = any(getattr(m, "may_skip_parameters", False) for m in model.modules())
+        net = DistributedDataParallel(net, device_ids=[rt.device] if rt.device.type == "cuda" else None,
+                                      broadcast_buffers=False, find_unused_parameters=unused)
     batches = batches_from(first)
-    interactive = sys.stderr.isatty()
+    interactive = sys.stderr.isatty() and rt.main
     bar = tqdm(range(first + 1, cfg.steps + 1), desc=tag, disable=not interactive, dynamic_ncols=True,
                initial=first, total=cfg.steps)
     metrics: dict[str, float] = {}
     start, skipped = time.perf_counter(), 0
     with stop_on_ctrl_c() as stop_requested:
         for step in bar:
-            model.train()
-            loss, scalars = stage.loss(next(batches))
+            net.train()
+            with rt.autocast():
+                loss, scalars = net(to_device(next(batches), rt.device))
             opt.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
-            if finite:
+            finite, grad_norm = bool(torch.isfinite(loss)), None
+            if finite or rt.distributed:  # under DDP every rank's backward joins the all-reduce
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                finite = bool(torch.isfinite(grad_norm))
+                finite = finite and bool(torch.isfinite(grad_norm))
+            finite, stop = rt.agree(finite, stop_requested())
             if not finite:
                 if cfg.nonfinite == "stop":
                     raise VqaudioError(
@@ -111,8 +134,7 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
                         f"lower the learning rate or check the data, or set nonfinite = \"skip\" "
                         f"(the last checkpoint in {run_dir / 'checkpoints'} is intact)")
                 skipped += 1  # nonfinite = "skip": drop this batch, keep the weights
-                print(f"warning: {tag} step {step}: non-finite loss or gradient, batch skipped "
-                      f"({skipped} so far)", file=sys.stderr, flush=True)
+                say(f"warning: {tag} step {step}: non-finite loss or gradient, batch skipped ({skipped} so far)")
                 writer.add_scalar(f"{tag}/train/skipped_batches", skipped, step)
                 opt.zero_grad(set_to_none=True)
             else:
@@ -120,13 +142,14 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
             sched.step()
 
             if finite and (step % cfg.log_every == 0 or step == cfg.steps):
+                scalars = rt.mean(scalars)
                 for k, v in scalars.items():
                     writer.add_scalar(f"{tag}/train/{k}", v, step)
                 writer.add_scalar(f"{tag}/train/lr", sched.get_last_lr()[0], step)
                 writer.add_scalar(f"{tag}/train/grad_norm", float(grad_norm), step)
                 shown = [k for k in ("loss", "perplexity", "codes_used") if k in scalars]
                 bar.set_postfix({k: f"{scalars[k]:.3g}" for k in shown}, refresh=False)
-            if step % cfg.val_every == 0 or step == cfg.steps:
+            if rt.main and (step % cfg.val_every == 0 or step == cfg.steps):
                 model.eval()
                 with torch.no_grad():
                     metrics = stage.validate(writer, step)
@@ -136,38 +159,46 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
                     rate = (step - first) / (time.perf_counter() - start)
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
                     print(f"{tag} step {step}/{cfg.steps} ({rate:.1f} steps/s): {shown}", flush=True)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop_requested():
-                path = save_checkpoint(stage, run_dir, step, cfg.keep_checkpoints, opt, sched)
-                if stop_requested():
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                where = run_dir / "checkpoints"
+                if rt.main:
+                    where = save_checkpoint(stage, run_dir, step, cfg.keep_checkpoints, opt, sched)
+                if stop:
                     bar.close()
-                    raise Interrupted(f"interrupted at {tag} step {step}; checkpoint saved in {path}; "
+                    rt.barrier()  # the checkpoint is complete before any rank exits
+                    raise Interrupted(f"interrupted at {tag} step {step}; checkpoint saved in {where}; "
                                       "continue with the same command and --resume")
-    stage.save(run_dir / tag)
+    if rt.main:
+        stage.save(run_dir / tag)
+    rt.barrier()  # the next stage (on every rank) reads what rank 0 just wrote
     return metrics
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun, schedulers and kill
 
 
 @contextmanager
 def stop_on_ctrl_c():
-    """While active, the first Ctrl-C only sets a flag (read with the yielded function), so
-    training stops at the end of a whole step, with a consistent checkpoint; a second Ctrl-C
-    interrupts at once."""
+    """While active, the first Ctrl-C (or SIGTERM, which torchrun sends its workers when it is
+    interrupted) only sets a flag, read with the yielded function, so training stops at the end
+    of a whole step, with a consistent checkpoint; a second one interrupts at once."""
     requested = threading.Event()
 
     def handler(signum, frame):
         if requested.is_set():
             raise KeyboardInterrupt
         requested.set()
-        print("\nstopping after this step (Ctrl-C again to stop now, without a checkpoint)",
-              file=sys.stderr, flush=True)
+        say("\nstopping after this step (Ctrl-C again to stop now, without a checkpoint)")
 
     if threading.current_thread() is not threading.main_thread():
         yield requested.is_set  # signals only reach the main thread
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield requested.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def warn_if_collapsed(stage: Stage, metrics: dict[str, float], writer, step: int) -> None:
@@ -222,13 +253,13 @@ def resume_from_checkpoint(stage: Stage, run_dir: Path, opt, sched) -> int:
         except RecipeMismatch:
             raise
         except VqaudioError as e:
-            print(f"warning: skipping checkpoint {path.name}: {e}", file=sys.stderr, flush=True)
+            say(f"warning: skipping checkpoint {path.name}: {e}")
             continue
-        print(f"resuming {stage.name} from {path} (step {step})", file=sys.stderr, flush=True)
+        say(f"resuming {stage.name} from {path} (step {step})")
         return step
     if candidates:
-        print(f"warning: no usable {stage.name} checkpoint in {run_dir / 'checkpoints'}; "
-              f"training {stage.name} from the start", file=sys.stderr, flush=True)
+        say(f"warning: no usable {stage.name} checkpoint in {run_dir / 'checkpoints'}; "
+            f"training {stage.name} from the start")
     return 0
 
 
@@ -256,11 +287,18 @@ STAGES = ("vqvae", "prior", "all")
 
 
 def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: str = "all",
-                 resume: bool = False) -> Path:
+                 resume: bool = False, device: str = "auto", precision: str = "auto",
+                 compile: bool = False, workers: int | None = None) -> Path:
     """Train the stages of a recipe into ``out`` (default ``runs/<recipe name>``): the VQ-VAE
     (``run/vqvae``), then the prior over its codes (``run/prior``). ``stage="prior"`` reuses
     the VQ-VAE already in the run folder; ``resume`` continues each stage from its newest
-    complete checkpoint (a finished stage resumes at its last step and only saves again)."""
+    complete checkpoint (a finished stage resumes at its last step and only saves again).
+
+    ``device`` is auto | cpu | cuda; ``precision`` auto (bf16 autocast on CUDA, float32 on the
+    CPU) | fp32 | bf16; ``compile`` applies torch.compile; ``workers`` DataLoader processes
+    (default: none on the CPU, a few on a GPU). Under torchrun every process calls this, and
+    the recipe's batch sizes are global batches split across the processes.
+    """
     if stage not in STAGES:
         raise VqaudioError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
     from torch.utils.tensorboard import SummaryWriter
@@ -279,21 +317,33 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
         raise VqaudioError(f"--resume: {run_dir} has no checkpoints to resume from; "
                            "train without --resume (or pass the run folder with --out)")
     writer = None
-    try:
-        for name, cfg, make in (("vqvae", recipe.train, lambda: vqvae_stage_of(recipe)),
-                                ("prior", recipe.prior_train, lambda: prior_stage_of(recipe, run_dir))):
-            if stage not in (name, "all"):
-                continue
-            _threads(cfg)
-            seed_everything(cfg.seed)
-            current, batches_from = make()  # loads the data: bad data fails before any file is written
-            if writer is None:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                writer = SummaryWriter(str(run_dir / "tb"))
-            fit(current, batches_from, cfg, run_dir, writer, resume)
-    finally:
-        if writer is not None:
-            writer.close()
+    with runtime(device, precision, compile, workers) as rt:
+        if rt.distributed or rt.device.type != "cpu" or rt.bf16 or rt.compile:
+            say(rt.describe())  # anything but the plain one-process CPU run is worth a line
+        try:
+            for name, cfg, make in (("vqvae", recipe.train, lambda: vqvae_stage_of(recipe)),
+                                    ("prior", recipe.prior_train, lambda: prior_stage_of(recipe, run_dir))):
+                if stage not in (name, "all"):
+                    continue
+                _threads(cfg)
+                seed_everything(cfg.seed)
+                # Loads the data: bad data fails before any file is written. Rank 0 goes first,
+                # so the code caches it writes are read, not written again, by the others.
+                if not rt.main:
+                    rt.barrier()
+                current, train_set = make()
+                if rt.main:
+                    rt.barrier()
+                batches_from = step_batches(train_set, len(train_set), cfg.batch_size, cfg.seed, rt.rank,
+                                            rt.world_size, rt.workers, rt.device.type == "cuda")
+                if writer is None:
+                    if rt.main:
+                        run_dir.mkdir(parents=True, exist_ok=True)
+                    writer = SummaryWriter(str(run_dir / "tb")) if rt.main else NullWriter()
+                fit(current, batches_from, cfg, run_dir, writer, resume, rt)
+        finally:
+            if writer is not None:
+                writer.close()
     return run_dir
 
 
