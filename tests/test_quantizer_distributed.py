@@ -83,6 +83,29 @@ def _scenario_rvq_dropout(rank: int) -> dict:
             "codebooks": torch.stack([vq.codebook.clone() for vq in rvq.levels])}
 
 
+def loss_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """A global batch of 4 clips (target, reconstruction) with very different energies."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 1, 800, generator=g) * torch.tensor([0.01, 1.0, 0.3, 0.05]).view(4, 1, 1)
+    return x, x + 0.1 * torch.randn(4, 1, 800, generator=g)
+
+
+def full_batch_loss(x: torch.Tensor, x_hat: torch.Tensor, across_ranks: bool):
+    from vqaudio.losses import ReconstructionLoss
+
+    crit = ReconstructionLoss(8000, {"l1": 1.0, "stft": 1.0, "mel": 1.0})
+    x_hat = x_hat.clone().requires_grad_(True)
+    total, terms = crit(x_hat, x, across_ranks=across_ranks)
+    total.backward()
+    return {"stft": terms["stft"].detach(), "grad": x_hat.grad}
+
+
+def _scenario_loss(rank: int) -> dict:
+    x, x_hat = loss_batch()
+    half = slice(2 * rank, 2 * rank + 2)  # each rank reconstructs half of the global batch
+    return full_batch_loss(x[half], x_hat[half], across_ranks=True)
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     # Built before the process group exists: whether to sync must be decided at forward time.
@@ -95,6 +118,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         "restart": lambda: _scenario_restart(rank),
         "kmeans": lambda: _scenario_kmeans(rank),
         "rvq": lambda: _scenario_rvq_dropout(rank),
+        "loss": lambda: _scenario_loss(rank),
     }
     results = {}
     try:
@@ -167,3 +191,17 @@ def test_quantizer_dropout_same_levels_on_ranks(ranks):
     assert r0["levels"] == r1["levels"]
     assert len(set(r0["levels"])) > 1  # dropout did vary the number of levels
     assert torch.equal(r0["codebooks"], r1["codebooks"])
+
+
+def test_reconstruction_loss_across_ranks_is_the_global_batch_loss(ranks):
+    """Spectral convergence is a ratio of norms over the whole batch: summed across ranks, each
+    rank's gradient is world-size times its share of the global gradient, which is what
+    DistributedDataParallel's average turns into the one-process gradient."""
+    r0, r1 = scenario(ranks, "loss")
+    x, x_hat = loss_batch()
+    single = full_batch_loss(x, x_hat, across_ranks=False)
+    assert_close((r0["stft"] + r1["stft"]) / WORLD, single["stft"])  # what DDP's average sees
+    assert_close(torch.cat([r0["grad"], r1["grad"]]) / WORLD, single["grad"], rtol=1e-4, atol=1e-9)
+    # Without the sum across ranks the ratio would be each half's own: another loss.
+    halves = [full_batch_loss(x[s], x_hat[s], across_ranks=False)["stft"] for s in (slice(0, 2), slice(2, 4))]
+    assert abs(float(sum(halves)) / 2 - float(single["stft"])) > 1e-3

@@ -20,6 +20,19 @@ TERMS = ("l1", "stft", "mel")
 LOG_FLOOR = 1e-5  # magnitudes are clamped here before the log: silence costs a bounded amount
 
 
+def _sum_across_ranks(t: Tensor, across_ranks: bool) -> Tensor:
+    """``t`` summed over the ranks of a torchrun job, differentiably. Each rank's gradient then
+    holds world-size times its share of the global term's gradient, and DistributedDataParallel
+    divides by the world size: the gradient of the term on the global batch, exactly."""
+    import torch.distributed as dist
+
+    if not (across_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t)
+
+
 def _frames(x: Tensor) -> Tensor:
     """(B, 1, T) or (..., T) -> (N, T) float32."""
     return x.reshape(-1, x.shape[-1]).float()
@@ -78,9 +91,9 @@ class _Spectral(nn.Module):
     def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x_hat: Tensor, x: Tensor) -> Tensor:
+    def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return self.from_magnitudes(self.magnitudes(x_hat), self.magnitudes(x))
+            return self.from_magnitudes(self.magnitudes(x_hat), self.magnitudes(x), across_ranks)
 
 
 class MultiResolutionSTFTLoss(_Spectral):
@@ -96,11 +109,13 @@ class MultiResolutionSTFTLoss(_Spectral):
             raise ValueError("fft_sizes must name at least one FFT size")
         self.specs = nn.ModuleList(_Magnitude(n, max(1, int(n * hop_fraction))) for n in fft_sizes)
 
-    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor], across_ranks: bool = False) -> Tensor:
         total = 0.0
         for a_hat, a in zip(s_hat, s):  # (N, F, frames) each
-            # ||S - Ŝ||_F / ||S||_F over the whole batch; the floor keeps silence finite.
-            sc = torch.linalg.vector_norm(a - a_hat) / torch.linalg.vector_norm(a).clamp_min(1e-7)
+            # ||S - Ŝ||_F / ||S||_F over the whole batch; the floor keeps silence finite. With
+            # ``across_ranks`` (training under torchrun) the batch is the global batch.
+            err, ref = _sum_across_ranks(torch.stack([(a - a_hat).square().sum(), a.square().sum()]), across_ranks)
+            sc = err.sqrt() / ref.sqrt().clamp_min(1e-7)
             log_mag = F.l1_loss(a_hat.clamp_min(LOG_FLOOR).log(), a.clamp_min(LOG_FLOOR).log())
             total = total + sc + log_mag
         return total / len(s)
@@ -125,8 +140,8 @@ class MultiScaleMelLoss(_Spectral):
             self.register_buffer(f"fbank{i}", mel_filterbank(n_fft, m, sample_rate),
                                  persistent=False)
 
-    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
-        total = 0.0
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor], across_ranks: bool = False) -> Tensor:
+        total = 0.0  # a mean over elements: the mean over ranks (DDP's) is the global batch's
         for i, (a_hat, a) in enumerate(zip(s_hat, s)):
             fb = getattr(self, f"fbank{i}")  # (F, n_mels)
             # (N, F, frames) -> (N, frames, n_mels): one matmul applies every filter.
@@ -162,7 +177,9 @@ class ReconstructionLoss(nn.Module):
         self.mel = (MultiScaleMelLoss(sample_rate, fft_sizes, n_mels)
                     if "mel" in self.weights else None)
 
-    def forward(self, x_hat: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """``across_ranks``: called by every rank on its share of a global batch (training under
+        torchrun), so batch-level terms are computed over the global batch."""
         if x_hat.shape != x.shape:
             raise ValueError(f"x_hat {tuple(x_hat.shape)} and x {tuple(x.shape)} differ in shape")
         with torch.autocast(x.device.type, enabled=False):
@@ -173,11 +190,11 @@ class ReconstructionLoss(nn.Module):
                       and self.stft.resolutions == self.mel.resolutions)
             if shared:  # the default: one STFT of each waveform serves both terms
                 s_hat, s = self.stft.magnitudes(x_hat), self.stft.magnitudes(x)
-                terms["stft"] = self.stft.from_magnitudes(s_hat, s)
+                terms["stft"] = self.stft.from_magnitudes(s_hat, s, across_ranks)
                 terms["mel"] = self.mel.from_magnitudes(s_hat, s)
             else:
                 if self.stft is not None:
-                    terms["stft"] = self.stft(x_hat, x)
+                    terms["stft"] = self.stft(x_hat, x, across_ranks)
                 if self.mel is not None:
                     terms["mel"] = self.mel(x_hat, x)
             total = sum(self.weights[k] * v for k, v in terms.items())

@@ -46,6 +46,21 @@ def _broadcast(t: Tensor) -> Tensor:
     return t
 
 
+def _all_gather_rows(t: Tensor) -> Tensor:
+    """The rows of every rank's ``t`` (N_rank, D), concatenated in rank order."""
+    if not _distributed():
+        return t
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(t)], device=t.device))
+    longest = int(max(counts))  # all_gather needs equal shapes: pad, then trim
+    padded = torch.zeros(longest, *t.shape[1:], dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, counts)])
+
+
 def kmeans(x: Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None):
     """Lloyd's k-means on ``x`` (N, D). Returns centroids (k, D) and cluster counts (k,)."""
     n = x.shape[0]
@@ -195,7 +210,9 @@ class VectorQuantizer(nn.Module):
     # -- codebook maintenance (no gradients; identical on every rank) -------------------------
     @torch.no_grad()
     def _kmeans_init(self, flat: Tensor) -> None:
-        centroids, counts = kmeans(flat, self.num_codes, self.kmeans_iters)
+        # On the whole global batch, as one process would see it; every rank draws the same
+        # initial rows (same seed), and rank 0's result is broadcast all the same.
+        centroids, counts = kmeans(_all_gather_rows(flat), self.num_codes, self.kmeans_iters)
         if self.cosine:
             centroids = F.normalize(centroids, dim=-1)
         _broadcast(centroids)  # rank 0's centroids for everyone
@@ -229,7 +246,7 @@ class VectorQuantizer(nn.Module):
             return
         # Replacement vectors are drawn from rank 0's batch and broadcast; the decision to
         # restart came from synced counts, so every rank takes part in the broadcast.
-        pick = torch.randint(flat.shape[0], (n_dead,), device=flat.device)
+        pick = torch.randint(flat.shape[0], (n_dead,)).to(flat.device)  # the CPU RNG, on any device
         fresh = _broadcast(flat[pick].clone())
         if self.cosine:
             fresh = F.normalize(fresh, dim=-1)
@@ -282,6 +299,13 @@ class ResidualVQ(nn.Module):
         z_q = z + (total - z).detach()
         return Quantized(z_q, torch.stack(codes, -1), torch.stack(losses).sum(),
                          first.perplexity, first.used)
+
+    @property
+    def may_skip_parameters(self) -> bool:
+        """Whether a training step can leave parameters without a gradient: quantizer dropout
+        skips the upper levels, and with them their learned codebooks or projections
+        (DistributedDataParallel must be told)."""
+        return self.dropout and any(p.requires_grad for p in self.levels[1:].parameters())
 
     def lookup(self, codes: Tensor) -> Tensor:
         """Sum of each level's vectors for codes ``(..., levels)``; levels may be fewer than all."""
