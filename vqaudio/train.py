@@ -99,7 +99,7 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
     tag = stage.name
     first = resume_from_checkpoint(stage, run_dir, opt, sched) if resume else 0
     if rt.compile:
-        model.compile()  # in place: the state dict keeps its names, checkpoints stay loadable
+        compile_model(model)
     net: nn.Module = StageStep(stage)
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -175,6 +175,22 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; torchrun, schedulers and kill
+
+
+def compile_model(model: nn.Module) -> None:
+    """torch.compile in place, so the state dict keeps its names and checkpoints stay loadable.
+    A quantizer stays eager: its codebook bookkeeping (in-place EMA updates, restarts,
+    collectives, data-dependent branches) would break the graph at every step, and it already
+    runs as a few large kernels; the encoder and decoder around it are compiled."""
+    from vqaudio.quantizer import ResidualVQ, VectorQuantizer
+
+    quantizers = (VectorQuantizer, ResidualVQ)
+    if not any(isinstance(m, quantizers) for m in model.modules()):
+        model.compile()  # a prior: one network
+        return
+    for child in model.children():
+        if not isinstance(child, quantizers):
+            child.compile()
 
 
 @contextmanager
