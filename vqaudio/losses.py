@@ -33,6 +33,12 @@ def _sum_across_ranks(t: Tensor, across_ranks: bool) -> Tensor:
     return all_reduce(t)
 
 
+def _sqrt0(t: Tensor) -> Tensor:
+    """sqrt with gradient 0 (not inf) at 0, like a norm's: a silent batch stays finite."""
+    positive = t > 0
+    return torch.where(positive, t.clamp_min(1e-30).sqrt(), torch.zeros_like(t))
+
+
 def _frames(x: Tensor) -> Tensor:
     """(B, 1, T) or (..., T) -> (N, T) float32."""
     return x.reshape(-1, x.shape[-1]).float()
@@ -115,7 +121,7 @@ class MultiResolutionSTFTLoss(_Spectral):
             # ||S - Ŝ||_F / ||S||_F over the whole batch; the floor keeps silence finite. With
             # ``across_ranks`` (training under torchrun) the batch is the global batch.
             err, ref = _sum_across_ranks(torch.stack([(a - a_hat).square().sum(), a.square().sum()]), across_ranks)
-            sc = err.sqrt() / ref.sqrt().clamp_min(1e-7)
+            sc = _sqrt0(err) / _sqrt0(ref).clamp_min(1e-7)
             log_mag = F.l1_loss(a_hat.clamp_min(LOG_FLOOR).log(), a.clamp_min(LOG_FLOOR).log())
             total = total + sc + log_mag
         return total / len(s)
