@@ -127,7 +127,7 @@ def test_dataloader_workers_load_the_same_batches(tmp_path):
     from vqaudio.stages import audio_vqvae_stage
 
     _, train_set = audio_vqvae_stage(load_recipe(SMOKE))
-    batches = [step_batches(train_set, len(train_set), 4, seed=0, workers=w)(5) for w in (0, 2)]
+    batches = [step_batches(train_set, 4, seed=0, workers=w)(5) for w in (0, 2)]
     for _ in range(6):
         a, b = next(batches[0]), next(batches[1])
         assert a.shape == (4, 1, 2000)

@@ -350,7 +350,7 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
                 current, train_set = make()
                 if rt.main:
                     rt.barrier()
-                batches_from = step_batches(train_set, len(train_set), cfg.batch_size, cfg.seed, rt.rank,
+                batches_from = step_batches(train_set, cfg.batch_size, cfg.seed, rt.rank,
                                             rt.world_size, rt.workers, rt.device.type == "cuda")
                 if writer is None:
                     if rt.main:

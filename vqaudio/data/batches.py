@@ -56,13 +56,13 @@ class StepBatchSampler(Sampler):
             skip, epoch = 0, epoch + 1
 
 
-def step_batches(dataset: Dataset, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+def step_batches(dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  workers: int = 0, pin_memory: bool = False) -> BatchesFrom:
     """start step -> an endless DataLoader iterator over this rank's batches from that step on."""
-    StepBatchSampler(n, batch_size, seed, 0, rank, world_size)  # bad settings fail here, early
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, 0, rank, world_size)  # bad settings fail here
 
     def batches_from(start: int) -> Iterator:
-        sampler = StepBatchSampler(n, batch_size, seed, start, rank, world_size)
+        sampler.start = start
         # Its own generator, so creating the loader draws nothing from torch's global RNG
         # (which checkpoints restore: resume stays exact).
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
