@@ -10,7 +10,8 @@ from typing import Any
 from vqaudio.checkpoint import load_into, read_config
 from vqaudio.config import ImageRecipe, Recipe, from_dict
 from vqaudio.errors import VqaudioError
-from vqaudio.nn.audio import Decoder1d, Encoder1d
+from vqaudio.nn.audio import Decoder1d, Encoder1d, FourierDecoder
+from vqaudio.nn.discriminators import MultiScaleSTFTDiscriminator
 from vqaudio.nn.image import Decoder2d, Encoder2d, NoQuantizer
 from vqaudio.priors.pixelcnn import GatedPixelCNN
 from vqaudio.priors.wavenet import WaveNetPrior, receptive_field
@@ -32,8 +33,15 @@ def build_audio_vqvae(recipe: Recipe) -> VQVAE:
     m = recipe.model
     args = dict(channels=m.channels, strides=m.strides, latent_dim=m.latent_dim,
                 res_blocks=m.res_blocks, max_channels=m.max_channels)
-    return VQVAE(Encoder1d(**args), build_quantizer(recipe, m.latent_dim), Decoder1d(**args),
-                 hop=m.hop)
+    if m.decoder == "fourier":
+        decoder = FourierDecoder(m.latent_dim, m.hop, m.decoder_dim, m.decoder_layers, m.n_fft)
+    else:
+        decoder = Decoder1d(**args)
+    return VQVAE(Encoder1d(**args), build_quantizer(recipe, m.latent_dim), decoder, hop=m.hop)
+
+
+def build_audio_discriminator(recipe: Recipe) -> MultiScaleSTFTDiscriminator:
+    return MultiScaleSTFTDiscriminator(channels=recipe.loss.discriminator_channels)
 
 
 def audio_model_config(recipe: Recipe) -> dict[str, Any]:

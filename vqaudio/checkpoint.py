@@ -131,17 +131,44 @@ STATE_TENSORS = "training-state.safetensors"
 STATE_JSON = "training-state.json"
 
 
-def training_state_files(step: int, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, bytes]:
+CRITIC_WEIGHTS = "critic.safetensors"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    opt = optimizer.state_dict()
+    tensors = {f"{prefix}.{i}.{k}": v.detach().cpu().contiguous()
+               for i, state in opt["state"].items() for k, v in state.items()}
+    meta = {"optimizer_param_groups": opt["param_groups"],
+            "optimizer_state_keys": {str(i): sorted(state) for i, state in opt["state"].items()}}
+    return tensors, meta
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
+    state = {int(i): {k: tensors[f"{prefix}.{i}.{k}"] for k in keys}
+             for i, keys in meta["optimizer_state_keys"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+
+
+def training_state_files(step: int, optimizer: torch.optim.Optimizer, scheduler,
+                         critic: tuple[torch.nn.Module, torch.optim.Optimizer, Any] | None = None) -> dict[str, bytes]:
     """Everything besides the weights that an exact resume needs, as two files: tensors
     (optimizer moments, torch and numpy RNG states) in safetensors and the rest (step, optimizer
-    hyper-parameters, scheduler, python RNG) in JSON. Never pickle."""
+    hyper-parameters, scheduler, python RNG) in JSON. Never pickle. ``critic`` (a stage's
+    second model, e.g. a discriminator, with its optimizer and schedule) adds its weights as a
+    third file and its optimizer and schedule to the other two."""
     import random
 
     import numpy as np
 
-    opt = optimizer.state_dict()
-    tensors = {f"optimizer.{i}.{k}": v.detach().cpu().contiguous()
-               for i, state in opt["state"].items() for k, v in state.items()}
+    tensors, opt_meta = _optimizer_tensors(optimizer, "optimizer")
+    files: dict[str, bytes] = {}
+    critic_meta = None
+    if critic is not None:
+        module, c_opt, c_sched = critic
+        c_tensors, critic_meta = _optimizer_tensors(c_opt, "critic_optimizer")
+        critic_meta["scheduler"] = c_sched.state_dict()
+        tensors.update(c_tensors)
+        files[CRITIC_WEIGHTS] = state_bytes(module)
     np_state = np.random.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
@@ -150,13 +177,14 @@ def training_state_files(step: int, optimizer: torch.optim.Optimizer, scheduler)
     py_state = random.getstate()
     meta = {
         "step": step,
-        "optimizer_param_groups": opt["param_groups"],
-        "optimizer_state_keys": {str(i): sorted(state) for i, state in opt["state"].items()},
+        **opt_meta,
         "scheduler": scheduler.state_dict(),
         "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
     }
-    return {STATE_TENSORS: save_safetensors(tensors), STATE_JSON: json.dumps(meta).encode()}
+    if critic_meta is not None:
+        meta["critic"] = critic_meta
+    return {**files, STATE_TENSORS: save_safetensors(tensors), STATE_JSON: json.dumps(meta).encode()}
 
 
 def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -171,16 +199,26 @@ def read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                           optimizer: torch.optim.Optimizer, scheduler) -> int:
-    """Load optimizer, scheduler and RNG states saved by :func:`training_state_files`; returns
-    the step the checkpoint was taken after."""
+                           optimizer: torch.optim.Optimizer, scheduler, critic=None,
+                           path: Path | None = None) -> int:
+    """Load optimizer, scheduler and RNG states saved by :func:`training_state_files` (and,
+    with ``critic`` = (module, optimizer, scheduler), the critic's weights from ``path``);
+    returns the step the checkpoint was taken after."""
     import random
 
     import numpy as np
 
-    state = {int(i): {k: tensors[f"optimizer.{i}.{k}"] for k in keys}
-             for i, keys in meta["optimizer_state_keys"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+    if critic is not None:
+        module, c_opt, c_sched = critic
+        if "critic" not in meta or not (path / CRITIC_WEIGHTS).is_file():
+            raise VqaudioError(f"checkpoint {path}: has no discriminator state")
+        try:
+            module.load_state_dict(load_safetensors((path / CRITIC_WEIGHTS).read_bytes()), strict=True)
+        except (SafetensorError, RuntimeError, OSError) as e:
+            raise VqaudioError(f"checkpoint {path}: discriminator weights damaged ({type(e).__name__})") from None
+        _load_optimizer(c_opt, tensors, meta["critic"], "critic_optimizer")
+        c_sched.load_state_dict(meta["critic"]["scheduler"])
+    _load_optimizer(optimizer, tensors, meta, "optimizer")
     scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():

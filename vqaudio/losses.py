@@ -205,3 +205,36 @@ class ReconstructionLoss(nn.Module):
                     terms["mel"] = self.mel(x_hat, x)
             total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
+
+
+# -- adversarial training (arXiv:2210.13438 EnCodec §3.4) ------------------------------------------
+
+def discriminator_hinge_loss(real: list, fake: list) -> Tensor:
+    """Mean over scales of relu(1 - D(x)) + relu(1 + D(x_hat)); inputs are discriminator outputs
+    [(logits, features), ...] for the real and the (detached) reconstructed waveforms."""
+    total = 0.0
+    for (r, _), (f, _) in zip(real, fake):
+        total = total + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+    return total / len(real)
+
+
+def generator_adversarial_loss(fake: list) -> Tensor:
+    """Mean over scales of relu(1 - D(x_hat)): the generator's hinge loss."""
+    return sum(F.relu(1 - f).mean() for f, _ in fake) / len(fake)
+
+
+def feature_matching_loss(real: list, fake: list, across_ranks: bool = False) -> Tensor:
+    """Mean over scales and layers of |f(x) - f(x_hat)|_1 / mean |f(x)|: each layer's distance
+    relative to its own scale, so no layer dominates (EnCodec's L_feat). With ``across_ranks``
+    (training under torchrun) the scales mean |f(x)| are those of the global batch, so the
+    loss, like the others, is the global batch's."""
+    pairs = [(a.detach(), b) for (_, fr), (_, ff) in zip(real, fake) for a, b in zip(fr, ff)]
+    scales = torch.stack([a.abs().mean() for a, _ in pairs])
+    if across_ranks:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(scales)  # detached: a plain all-reduce, then the mean over ranks
+            scales = scales / dist.get_world_size()
+    total = sum(F.l1_loss(b, a) / s.clamp_min(1e-8) for (a, b), s in zip(pairs, scales))
+    return total / len(pairs)

@@ -7,6 +7,7 @@ compute sits at the low frame rates (arXiv:2107.03312, arXiv:2210.13438 use the 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -91,3 +92,88 @@ class Decoder1d(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+
+# -- Fourier-head decoder (arXiv:2306.00814 Vocos; WavTokenizer) ----------------------------------
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv (k=7) -> LayerNorm -> 1x1 up (x mult) -> GELU -> 1x1 down, scaled and
+    added to the input (arXiv:2201.03545, as used at the frame rate by Vocos); (B, C, F)."""
+
+    def __init__(self, dim: int, mult: int = 3, layer_scale: float = 1e-2):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, dim * mult)
+        self.down = nn.Linear(dim * mult, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.dwconv(x).transpose(1, 2)  # (B, F, C): the linears act on channels
+        y = self.down(F.gelu(self.up(self.norm(y))))
+        return x + (self.gamma * y).transpose(1, 2)
+
+
+class ISTFT(nn.Module):
+    """STFT analysis and its inverse with "same" padding: T samples <-> T / hop frames.
+
+    torch.stft(center=True) gives T / hop + 1 frames; a decoder at the code frame rate has T / hop.
+    Padding (n_fft - hop) / 2 on both sides instead gives exactly T / hop frames, and the inverse
+    (windowed overlap-add, divided by the summed squared window) returns exactly T samples;
+    ``inverse(analysis(x)) == x`` (tested). Vocos uses the same scheme.
+    """
+
+    def __init__(self, n_fft: int, hop: int):
+        super().__init__()
+        # A Hann window needs frames that overlap by at least half to be invertible everywhere.
+        if (n_fft - hop) % 2 or n_fft < 2 * hop:
+            raise ValueError(f"n_fft must be at least 2 x hop and n_fft - hop even, got n_fft={n_fft}, hop={hop}")
+        self.n_fft, self.hop, self.pad = n_fft, hop, (n_fft - hop) // 2
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def analysis(self, x: Tensor) -> Tensor:
+        """(B, T) with T a multiple of hop -> complex (B, n_fft // 2 + 1, T / hop)."""
+        frames = F.pad(x, (self.pad, self.pad)).unfold(-1, self.n_fft, self.hop)  # (B, F, n_fft)
+        return torch.fft.rfft(frames * self.window, dim=-1).transpose(1, 2)
+
+    def forward(self, spec: Tensor) -> Tensor:
+        """complex (B, n_fft // 2 + 1, frames) -> (B, frames * hop)."""
+        frames = torch.fft.irfft(spec.transpose(1, 2), n=self.n_fft, dim=-1) * self.window  # (B, F, n_fft)
+        n = frames.shape[1]
+        length = (n - 1) * self.hop + self.n_fft
+        fold = dict(output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop))
+        y = F.fold(frames.transpose(1, 2), **fold)[:, 0, 0]  # overlap-add
+        envelope = F.fold(self.window.square().expand(1, n, -1).transpose(1, 2), **fold)[0, 0, 0]
+        y, envelope = y[:, self.pad: length - self.pad], envelope[self.pad: length - self.pad]
+        return y / envelope.clamp_min(1e-11)
+
+
+class FourierDecoder(nn.Module):
+    """Codes at the frame rate -> STFT magnitude and phase -> inverse STFT -> waveform.
+
+    All layers run at the frame rate (no full-rate convolutions): a ConvNeXt stack predicts,
+    per frame, log magnitude and phase of the n_fft // 2 + 1 bins (arXiv:2306.00814 §3).
+    (B, latent_dim, F) -> (B, 1, F * hop).
+    """
+
+    def __init__(self, latent_dim: int, hop: int, dim: int = 256, layers: int = 8, n_fft: int = 0):
+        super().__init__()
+        n_fft = n_fft or 4 * hop
+        self.bins = n_fft // 2 + 1
+        self.embed = nn.Conv1d(latent_dim, dim, 7, padding=3)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(dim) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 2 * self.bins)
+        self.istft = ISTFT(n_fft, hop)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.norm(self.embed(z).transpose(1, 2)).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        out = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)  # (B, 2 * bins, F)
+        log_mag, phase = out.float().split(self.bins, dim=1)
+        # exp keeps magnitudes positive; the clamp keeps an early step from overflowing.
+        mag = log_mag.clamp(max=6.0).exp()
+        spec = torch.polar(mag, phase)
+        return self.istft(spec).unsqueeze(1)
