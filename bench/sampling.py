@@ -101,7 +101,7 @@ def likelihood(prior, config, codec) -> None:
     recipe = from_dict(config["recipe"])
     root = Path(__file__).resolve().parent.parent / "recipes"
     recipe.source = str(root / "speech.toml")  # data folders are relative to the recipes folder
-    _, val_files = audio_splits(recipe)
+    _, val_files = audio_splits(recipe, recipe.prior_files())  # the prior's validation files
     vocab = config["labels"]
     ids = [vocab.index(label_of(f, recipe.data.label_regex)) for f in val_files] if vocab else [0] * len(val_files)
     val = encode_files(codec, val_files, ids, recipe.prior.pad_seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -33,6 +34,17 @@ class DataConfig:
 
 
 @dataclass
+class PriorDataConfig:
+    """The prior's own files, when they differ from the codec's (e.g. the codec trains on
+    speech + FSDD, the digit-conditioned prior on FSDD alone). Sample rate, peak and
+    label_regex stay [data]'s: the prior models codes of the same codec."""
+    folders: list[str] = field(default_factory=list)  # [] = [data]'s files and split (the keys below unused)
+    val_regex: str = r"_[0-4]\.wav$"  # as in [data]
+    val_fraction: float = 0.1
+    max_files: int = 0
+
+
+@dataclass
 class ModelConfig:
     channels: int = 16  # width of the full-rate layers; doubled after every stride
     strides: list[int] = field(default_factory=lambda: [4, 4, 4])  # their product must be hop
@@ -40,6 +52,10 @@ class ModelConfig:
     latent_dim: int = 64  # D, the size of the vectors that are quantized
     res_blocks: int = 2  # dilated residual blocks (dilations 1, 3, 9, …) per stage
     max_channels: int = 256
+    decoder: str = "conv"  # "conv": mirrored transposed convs | "fourier": frame-rate net + inverse STFT
+    decoder_dim: int = 256  # fourier: width of the ConvNeXt stack at the frame rate
+    decoder_layers: int = 8  # fourier: ConvNeXt blocks
+    n_fft: int = 0  # fourier: STFT size of the head (0 = 4 x hop)
 
 
 @dataclass
@@ -64,6 +80,9 @@ class LossConfig:
     stft: float = 1.0
     mel: float = 1.0
     quantizer: float = 1.0  # weight of the quantizer's commitment (+ codebook) loss
+    adversarial: float = 0.0  # hinge loss of a multi-scale STFT discriminator (0 = no discriminator)
+    feature_matching: float = 0.0  # L1 between its features of real and decoded audio
+    discriminator_channels: int = 32  # width of each STFT discriminator
 
 
 @dataclass
@@ -111,7 +130,13 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     prior_train: TrainConfig = field(default_factory=_prior_train)  # the prior stage's loop
+    prior_data: PriorDataConfig = field(default_factory=PriorDataConfig)  # the prior's files, if not [data]'s
     source: str = field(default="", metadata={"internal": True})  # the recipe file, for messages
+
+    def prior_files(self) -> DataConfig | PriorDataConfig:
+        """The section that chooses the prior's files: [prior_data] when it names folders,
+        else [data]."""
+        return self.prior_data if self.prior_data.folders else self.data
 
     def resolve(self, path: str) -> Path:
         """A data path from the recipe: relative paths are relative to the recipe's folder."""
@@ -168,6 +193,7 @@ class ImageRecipe:
     to_dict = Recipe.to_dict
 
 
+DECODERS = ("conv", "fourier")
 RECIPE_KINDS = {"audio": Recipe, "image": ImageRecipe}
 
 
@@ -197,6 +223,16 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> Recipe | ImageRecip
     if kind not in RECIPE_KINDS:
         raise VqaudioError(f"recipe {where}: 'kind' must be one of {', '.join(RECIPE_KINDS)}, got {kind!r}")
     return _build(RECIPE_KINDS[kind], raw, where, section="")
+
+
+def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored recipe (a model's or checkpoint's config.json) with every section and key,
+    those it lacks at their defaults: it was saved before they existed, and the defaults give
+    the behaviour it was trained with. Returned unchanged when it does not parse."""
+    try:
+        return from_dict(raw).to_dict()
+    except VqaudioError:
+        return raw
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:
@@ -311,17 +347,36 @@ def validate(r: Recipe | ImageRecipe) -> None:
         "prior.channels": r.prior.channels, "prior.cycles": r.prior.cycles,
         "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
     }, non_negative={
-        "model.res_blocks": r.model.res_blocks, "prior.pad_seconds": r.prior.pad_seconds,
+        "model.res_blocks": r.model.res_blocks, "model.n_fft": r.model.n_fft, "prior.pad_seconds": r.prior.pad_seconds,
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,
         "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
+        "loss.adversarial": r.loss.adversarial, "loss.feature_matching": r.loss.feature_matching,
+        "loss.discriminator_channels": r.loss.discriminator_channels,
+        "model.decoder_dim": r.model.decoder_dim, "model.decoder_layers": r.model.decoder_layers,
     })
+    if r.model.decoder not in DECODERS:
+        raise bad("model.decoder", f"must be {' or '.join(repr(d) for d in DECODERS)}, got {r.model.decoder!r}")
+    if r.model.decoder == "fourier":
+        n_fft = r.model.n_fft or 4 * r.model.hop
+        if n_fft < 2 * r.model.hop or (n_fft - r.model.hop) % 2:
+            raise bad("model.n_fft", f"must be at least 2 x model.hop ({2 * r.model.hop}) and differ "
+                      f"from the hop by an even number, got {n_fft}")
+    if r.loss.feature_matching and not r.loss.adversarial:
+        raise bad("loss.feature_matching", "needs a discriminator: set loss.adversarial > 0 too")
     if not r.model.strides or any(s < 2 for s in r.model.strides):
         raise bad("model.strides", f"must be a non-empty list of integers >= 2, got {r.model.strides}")
     if math.prod(r.model.strides) != r.model.hop:
         raise bad("model.strides", f"multiply to {math.prod(r.model.strides)}, "
                   f"but model.hop is {r.model.hop}; make their product equal the hop")
-    if not 0 < r.data.val_fraction < 1:
-        raise bad("data.val_fraction", f"must be between 0 and 1, got {r.data.val_fraction}")
+    for name, d in (("data", r.data), ("prior_data", r.prior_data)):  # the two file choices
+        if not 0 < d.val_fraction < 1:
+            raise bad(f"{name}.val_fraction", f"must be between 0 and 1, got {d.val_fraction}")
+        if d.max_files < 0:
+            raise bad(f"{name}.max_files", f"must not be negative, got {d.max_files}")
+        try:
+            re.compile(d.val_regex)
+        except re.error as e:
+            raise bad(f"{name}.val_regex", f"is not a valid regular expression ({e})") from None
     if r.data.segment_seconds * r.data.sample_rate < r.model.hop:
         raise bad("data.segment_seconds", f"gives fewer samples than one hop ({r.model.hop})")
     if r.prior.levels > r.quantizer.levels:
@@ -334,17 +389,18 @@ def validate(r: Recipe | ImageRecipe) -> None:
                   "first group is the label, or set prior.conditional = false")
     if not r.data.folders:
         raise bad("data.folders", "must name at least one folder of audio files")
-    for folder in r.data.folders:
+    folders = [("data.folders", f) for f in r.data.folders] + [("prior_data.folders", f) for f in r.prior_data.folders]
+    for label, folder in folders:
         if not r.resolve(folder).exists():
-            raise bad("data.folders", f"names {folder!r}, which does not exist "
+            raise bad(label, f"names {folder!r}, which does not exist "
                       f"(looked at {r.resolve(folder)}); paths are relative to the recipe file")
     from vqaudio.audio_io import list_audio_files  # here: audio_io imports numpy and soundfile
 
-    for folder in r.data.folders:
+    for label, folder in folders:
         try:
             list_audio_files([r.resolve(folder)])
         except VqaudioError:  # exists (checked above), so the only error left is "nothing found"
-            raise bad("data.folders", f"names {folder!r}, which holds no audio files "
+            raise bad(label, f"names {folder!r}, which holds no audio files "
                       f"(looked at {r.resolve(folder)}); put audio files there or fix the path") from None
 
 

@@ -12,23 +12,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqaudio.audio_io import list_audio_files
-from vqaudio.build import audio_model_config, audio_prior_config, build_audio_prior, build_audio_vqvae
+from vqaudio.build import (audio_model_config, audio_prior_config, build_audio_discriminator, build_audio_prior,
+                           build_audio_vqvae)
 from vqaudio.checkpoint import save_model_dir
 from vqaudio.codec import Codec, load_codec
-from vqaudio.config import Recipe
+from vqaudio.config import DataConfig, PriorDataConfig, Recipe
 from vqaudio.data.audio import AudioDataset, label_of, split_files
 from vqaudio.data.codes import CodeCrops, CodeSequences, encode_files
 from vqaudio.errors import VqaudioError
-from vqaudio.losses import ReconstructionLoss
+from vqaudio.losses import (ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
+                            generator_adversarial_loss)
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
 from vqaudio.priors.sampling import Controls
 
 
-def audio_splits(recipe: Recipe) -> tuple[list[Path], list[Path]]:
-    """The recipe's train and validation files (each capped at data.max_files when set)."""
-    d = recipe.data
+def audio_splits(recipe: Recipe, d: DataConfig | PriorDataConfig | None = None) -> tuple[list[Path], list[Path]]:
+    """The train and validation files chosen by ``d`` (default ``recipe.data``; the prior's
+    are ``recipe.prior_files()``), each split capped at ``d.max_files`` when set."""
+    d = d or recipe.data
     files = list_audio_files([recipe.resolve(f) for f in d.folders])
-    train, val = split_files(files, d.val_regex or None, d.val_fraction)
+    try:
+        train, val = split_files(files, d.val_regex or None, d.val_fraction)
+    except VqaudioError as e:  # say which section's files and split
+        section = "prior_data" if d is recipe.prior_data else "data"
+        raise VqaudioError(f"recipe {recipe.source or 'config'}: [{section}] {e}") from None
     if d.max_files:
         # An evenly spread subset, so a few files still cover every label and speaker.
         train = train[:: max(1, len(train) // d.max_files)][: d.max_files]
@@ -48,16 +55,39 @@ class AudioVQVAEStage:
             recipe.data.sample_rate, {"l1": recipe.loss.l1, "stft": recipe.loss.stft,
                                       "mel": recipe.loss.mel})
         self.val_batch = torch.stack([val_set[i] for i in range(len(val_set))])  # (N, 1, T)
+        # With loss.adversarial > 0 the loop also trains this discriminator (its "critic"),
+        # with its own optimizer, on the pair the last generator step made.
+        self.critic = build_audio_discriminator(recipe) if recipe.loss.adversarial > 0 else None
+        self._pair: tuple[Tensor, Tensor] | None = None
 
     def loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
         self.criterion.to(x.device)  # its STFT windows and mel filters follow the model's device
         out = self.model(x)
         total, terms = self.criterion(out.x_hat, x, across_ranks=True)  # every rank trains
         total = total + self.recipe.loss.quantizer * out.q.loss
+        if self.critic is not None:
+            self._pair = (x, out.x_hat.detach())
+            # The critic's weights take no gradient from the generator's loss (its own step
+            # follows); the gradient still flows through it into x_hat.
+            self.critic.requires_grad_(False)
+            fake = self.critic(out.x_hat)
+            self.critic.requires_grad_(True)
+            with torch.no_grad():
+                real = self.critic(x)
+            terms["adversarial"] = generator_adversarial_loss(fake)
+            terms["feature_matching"] = feature_matching_loss(real, fake, across_ranks=True)
+            total = (total + self.recipe.loss.adversarial * terms["adversarial"]
+                     + self.recipe.loss.feature_matching * terms["feature_matching"])
         scalars = {"loss": total.item(), **{k: v.item() for k, v in terms.items()},
                    "quantizer": out.q.loss.item(), "perplexity": out.q.perplexity.item(),
                    "codes_used": float(out.q.used)}
         return total, scalars
+
+    def critic_loss(self) -> tuple[Tensor, dict[str, float]]:
+        """The discriminator's hinge loss on the real and decoded audio of the last ``loss``."""
+        x, x_hat = self._pair
+        loss = discriminator_hinge_loss(self.critic(x), self.critic(x_hat))
+        return loss, {"discriminator": loss.item()}
 
     def validate(self, writer, step: int) -> dict[str, float]:
         """Loss and SI-SNR at 1 level and at every level; audio, spectrograms and code use."""
@@ -194,7 +224,7 @@ def audio_prior_stage(recipe: Recipe, run_dir: Path):
         raise VqaudioError(f"the VQ-VAE in {run_dir / 'vqvae'} was trained with another quantizer "
                            f"({codec.max_levels} x {codec.config['num_codes']} codes); retrain it "
                            "with --stage all or use the recipe it was trained with")
-    train_files, val_files = audio_splits(recipe)
+    train_files, val_files = audio_splits(recipe, recipe.prior_files())
     vocab: list[str] = []
     if recipe.prior.conditional:
         names = [label_of(f, recipe.data.label_regex) for f in train_files + val_files]

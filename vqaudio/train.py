@@ -30,6 +30,9 @@ from vqaudio.errors import Interrupted, VqaudioError
 
 
 class Stage(Protocol):
+    """A stage may also have a ``critic`` (a second model, e.g. a discriminator, or None) and
+    ``critic_loss()``, its loss on what the last ``loss(batch)`` computed; the loop then gives
+    it its own optimizer and schedule, saves and resumes both, and wraps both in DDP."""
     name: str  # "vqvae", "prior": the model's folder in the run directory
     model: nn.Module
 
@@ -70,6 +73,27 @@ class StageStep(nn.Module):
         return self.stage.loss(batch)
 
 
+class CriticStep(nn.Module):
+    """The critic's loss as a module's forward, for DistributedDataParallel (see StageStep)."""
+
+    def __init__(self, stage: Stage):
+        super().__init__()
+        self.critic = stage.critic
+        self.stage = stage
+
+    def forward(self) -> tuple[Tensor, dict[str, float]]:
+        return self.stage.critic_loss()
+
+
+def _ddp(net: nn.Module, rt: Runtime, unused: bool = False) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Rank 0's weights and buffers are broadcast here. Buffers are not broadcast again at
+    # every step: the quantizer all-reduces its EMA statistics itself (QUANTIZER.md 4).
+    return DistributedDataParallel(net, device_ids=[rt.device] if rt.device.type == "cuda" else None,
+                                   broadcast_buffers=False, find_unused_parameters=unused)
+
+
 def to_device(batch, device: torch.device):
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=True)
@@ -96,19 +120,21 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    critic = None  # (module, optimizer, schedule) of the stage's second model, if it has one
+    if getattr(stage, "critic", None) is not None:
+        module = stage.critic.to(rt.device)
+        # Adam with beta1 = 0.5 for the discriminator, as EnCodec and HiFi-GAN train theirs.
+        c_opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
+        critic = (module, c_opt, torch.optim.lr_scheduler.LambdaLR(c_opt, lr_lambda(cfg)))
     tag = stage.name
-    first = resume_from_checkpoint(stage, run_dir, opt, sched) if resume else 0
+    first = resume_from_checkpoint(stage, run_dir, opt, sched, critic) if resume else 0
     if rt.compile:
         compile_model(model)
     net: nn.Module = StageStep(stage)
+    critic_net: nn.Module | None = CriticStep(stage) if critic else None
     if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Rank 0's weights and buffers are broadcast here. Buffers are not broadcast again at
-        # every step: the quantizer all-reduces its EMA statistics itself (QUANTIZER.md 4).
-        unused = any(getattr(m, "may_skip_parameters", False) for m in model.modules())
-        net = DistributedDataParallel(net, device_ids=[rt.device] if rt.device.type == "cuda" else None,
-                                      broadcast_buffers=False, find_unused_parameters=unused)
+        net = _ddp(net, rt, unused=any(getattr(m, "may_skip_parameters", False) for m in model.modules()))
+        critic_net = _ddp(critic_net, rt) if critic_net is not None else None
     batches = batches_from(first)
     interactive = sys.stderr.isatty() and rt.main
     bar = tqdm(range(first + 1, cfg.steps + 1), desc=tag, disable=not interactive, dynamic_ncols=True,
@@ -122,10 +148,19 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
                 loss, scalars = net(to_device(next(batches), rt.device))
             opt.zero_grad(set_to_none=True)
             finite, grad_norm = bool(torch.isfinite(loss)), None
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             if finite or rt.distributed:  # under DDP every rank's backward joins the all-reduce
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+                grad_norm = nn.utils.clip_grad_norm_(params, clip)
                 finite = finite and bool(torch.isfinite(grad_norm))
+                if critic:  # its loss on the pair just made; both steps are taken below
+                    critic[1].zero_grad(set_to_none=True)
+                    with rt.autocast():
+                        critic_loss, critic_scalars = critic_net()
+                    critic_loss.backward()
+                    critic_norm = nn.utils.clip_grad_norm_(critic[0].parameters(), clip)
+                    finite = finite and bool(torch.isfinite(critic_loss)) and bool(torch.isfinite(critic_norm))
+                    scalars = {**scalars, **critic_scalars, "discriminator_grad_norm": float(critic_norm)}
             finite, stop = rt.agree(finite, stop_requested())
             if not finite:
                 if cfg.nonfinite == "stop":
@@ -137,9 +172,15 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
                 say(f"warning: {tag} step {step}: non-finite loss or gradient, batch skipped ({skipped} so far)")
                 writer.add_scalar(f"{tag}/train/skipped_batches", skipped, step)
                 opt.zero_grad(set_to_none=True)
+                if critic:
+                    critic[1].zero_grad(set_to_none=True)
             else:
                 opt.step()
+                if critic:
+                    critic[1].step()
             sched.step()
+            if critic:
+                critic[2].step()
 
             if finite and (step % cfg.log_every == 0 or step == cfg.steps):
                 scalars = rt.mean(scalars)
@@ -162,7 +203,7 @@ def fit(stage: Stage, batches_from: BatchesFrom, cfg: TrainConfig, run_dir: Path
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 where = run_dir / "checkpoints"
                 if rt.main:
-                    where = save_checkpoint(stage, run_dir, step, cfg.keep_checkpoints, opt, sched)
+                    where = save_checkpoint(stage, run_dir, step, cfg.keep_checkpoints, opt, sched, critic)
                 if stop:
                     bar.close()
                     rt.barrier()  # the checkpoint is complete before any rank exits
@@ -233,21 +274,21 @@ def warn_if_collapsed(stage: Stage, metrics: dict[str, float], writer, step: int
         writer.add_text(f"{stage.name}/warnings", message, step)
 
 
-def save_checkpoint(stage: Stage, run_dir: Path, step: int, keep: int, opt, sched) -> Path:
+def save_checkpoint(stage: Stage, run_dir: Path, step: int, keep: int, opt, sched, critic=None) -> Path:
     """``run_dir/checkpoints/<stage>-step<N>``: a full model directory plus the training state
     (written atomically, as one folder); only the newest ``keep`` are kept."""
     from vqaudio.checkpoint import training_state_files
 
     folder = run_dir / "checkpoints"
     path = folder / f"{stage.name}-step{step:07d}"
-    stage.save(path, extra=training_state_files(step, opt, sched))
+    stage.save(path, extra=training_state_files(step, opt, sched, critic))
     old = sorted(folder.glob(f"{stage.name}-step*"))[:-keep]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
     return path
 
 
-def resume_from_checkpoint(stage: Stage, run_dir: Path, opt, sched) -> int:
+def resume_from_checkpoint(stage: Stage, run_dir: Path, opt, sched, critic=None) -> int:
     """Load the newest complete checkpoint of ``stage`` into model, optimizer, scheduler and
     RNGs; returns its step (0 when there is none: the stage starts from scratch). A damaged
     newest checkpoint is skipped with a warning in favour of the one before it."""
@@ -265,7 +306,7 @@ def resume_from_checkpoint(stage: Stage, run_dir: Path, opt, sched) -> int:
                                      "recipe and --set values, or train into a new --out folder")
             tensors, meta = read_training_state(path)
             load_into(stage.model, path)
-            step = restore_training_state(tensors, meta, opt, sched)
+            step = restore_training_state(tensors, meta, opt, sched, critic, path)
         except RecipeMismatch:
             raise
         except VqaudioError as e:
@@ -288,7 +329,11 @@ RESUME_FREE = {"num_threads", "log_every", "val_every", "keep_checkpoints"}
 
 
 def recipe_differences(trained: dict, current: dict) -> list[str]:
-    """``section.key`` names whose values differ between two recipe dicts."""
+    """``section.key`` names whose values differ between two recipe dicts. Sections and keys
+    that ``trained`` lacks (saved before they existed) count as their defaults."""
+    from vqaudio.config import with_defaults
+
+    trained = with_defaults(trained) if trained else trained
     differ = []
     for sec in sorted(set(trained) | set(current)):
         a, b = trained.get(sec), current.get(sec)
@@ -304,7 +349,7 @@ STAGES = ("vqvae", "prior", "all")
 
 def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: str = "all",
                  resume: bool = False, device: str = "auto", precision: str = "auto",
-                 compile: bool = False, workers: int | None = None) -> Path:
+                 compile: bool = False, workers: int | None = None, init: str | Path | None = None) -> Path:
     """Train the stages of a recipe into ``out`` (default ``runs/<recipe name>``): the VQ-VAE
     (``run/vqvae``), then the prior over its codes (``run/prior``). ``stage="prior"`` reuses
     the VQ-VAE already in the run folder; ``resume`` continues each stage from its newest
@@ -314,9 +359,20 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
     CPU) | fp32 | bf16; ``compile`` applies torch.compile; ``workers`` DataLoader processes
     (default: none on the CPU, a few on a GPU). Under torchrun every process calls this, and
     the recipe's batch sizes are global batches split across the processes.
+
+    ``init`` (a model folder or a run folder) starts each stage from that model's weights
+    instead of at random, with a fresh optimizer and schedule (see finetune.py).
     """
     if stage not in STAGES:
         raise VqaudioError(f"--stage must be one of {', '.join(STAGES)}, not {stage!r}")
+    if init is not None and resume:
+        raise VqaudioError("--init and --resume do not go together: --resume continues this run's own "
+                           "checkpoints, --init starts a new run from a model's weights; drop one")
+    start = None  # the model folders --init names
+    if init is not None:
+        from vqaudio.finetune import init_models, load_init
+
+        start = init_models(init, recipe, stage)  # a bad --init fails before the data is read
     from torch.utils.tensorboard import SummaryWriter
 
     if isinstance(recipe, ImageRecipe):
@@ -350,6 +406,8 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
                 current, train_set = make()
                 if rt.main:
                     rt.barrier()
+                if start is not None:  # before any file is written: a misfit VQ-VAE stops here
+                    load_init(current, start)
                 batches_from = step_batches(train_set, cfg.batch_size, cfg.seed, rt.rank,
                                             rt.world_size, rt.workers, rt.device.type == "cuda")
                 if writer is None:

@@ -1,0 +1,101 @@
+"""vqaudio train RECIPE --init MODEL: a new run starts from a model's weights (fine-tuning),
+with a fresh optimizer and schedule; what does not fit is refused before any file is written."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_cli import ROOT, vqaudio
+from vqaudio.config import load_recipe
+from vqaudio.errors import VqaudioError
+from vqaudio.train import train_recipe
+
+SMOKE = ROOT / "recipes" / "smoke.toml"
+KMNIST_SMOKE = ROOT / "recipes" / "kmnist_smoke.toml"
+# One step that can hardly move anything: parameters by at most ~lr, the EMA codebook by
+# 1e-6 of the way, no dead-code restarts. What comes out is what went in, if it went in.
+STILL = ["train.steps=1", "train.lr=1e-9", "train.warmup_steps=0", "quantizer.decay=0.999999",
+         "quantizer.restart_after=0", "prior_train.steps=1", "prior_train.lr=1e-9", "prior_train.warmup_steps=0"]
+
+
+def weights(run: Path, stage: str) -> dict:
+    return load_file(run / stage / "weights.safetensors")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A trained run (both stages) to start from. Another seed than the runs that start from it,
+    so their own random initialisation is far from these weights."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    sets = ["train.steps=4", "prior_train.steps=4", "train.seed=1", "prior_train.seed=1"]
+    train_recipe(load_recipe(SMOKE, sets), out)
+    return out
+
+
+def test_init_starts_both_stages_from_the_weights_and_keeps_the_codebook(base, tmp_path):
+    out = tmp_path / "ft"
+    p = vqaudio("train", SMOKE, "--out", out, "--init", base, *[a for s in STILL for a in ("--set", s)])
+    assert f"vqvae: starting from the weights of {base / 'vqvae'}" in p.stderr
+    assert f"prior: starting from the weights of {base / 'prior'}" in p.stderr
+    for stage in ("vqvae", "prior"):
+        before, after = weights(base, stage), weights(out, stage)
+        assert before.keys() == after.keys()
+        for k in before:
+            if before[k].is_floating_point():
+                # 1e-3: the EMA sums move by 1e-6 of a batch's sums; a fresh model is 100x farther.
+                torch.testing.assert_close(after[k], before[k], atol=1e-3, rtol=0, msg=k)
+            else:
+                assert torch.equal(after[k], before[k]), k
+    # The loaded quantizer counts as initialised: k-means did not run again over its codebook
+    # (it would have replaced the codebook by the centroids of the first batch).
+    flags = [k for k in weights(out, "vqvae") if k.endswith("initialized")]
+    assert flags and all(bool(weights(out, "vqvae")[k]) for k in flags)
+
+
+def test_a_prior_that_does_not_fit_trains_from_scratch(base, tmp_path, capsys):
+    recipe = load_recipe(SMOKE, ["prior.channels=8", *STILL])
+    train_recipe(recipe, tmp_path / "ft", init=base)
+    err = capsys.readouterr().err
+    assert "vqvae: starting from the weights of" in err
+    assert (f"prior: training from scratch: --init {base / 'prior'} does not fit this recipe "
+            "(") in err and "has shape" in err
+
+
+def test_a_misfit_vqvae_is_one_error_line_naming_the_tensor_and_writes_nothing(base, tmp_path):
+    out = tmp_path / "ft"
+    p = vqaudio("train", SMOKE, "--out", out, "--init", base, "--set", "model.latent_dim=8", check=False)
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [p.stderr.strip()] and p.stderr.startswith(f"error: --init {base / 'vqvae'}: ")
+    assert "has shape (16, 32, 3) there but (8, 32, 3) in this recipe; fine-tune with the recipe" in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("resume", "--init and --resume do not go together"),
+    ("missing", "--init: model {base}/nowhere: no such folder"),
+    ("not a model", "--init: model {base}/tb: config.json is missing"),
+    ("prior only", "--init {base}/prior: holds a prior but no VQ-VAE to start the vqvae stage from"),
+    ("other rate", "--init {base}/vqvae: works at 8000 Hz, but this recipe at 16000 Hz (data.sample_rate)"),
+    ("other kind", "--init {base}/vqvae: is an 'audio-vqvae' model, but this recipe trains an 'image-vqvae' model"),
+])
+def test_bad_init_is_refused_before_any_file_is_written(base, tmp_path, case, message):
+    recipe, init, resume = load_recipe(SMOKE), base, False
+    if case == "resume":
+        resume = True
+    elif case == "missing":
+        init = base / "nowhere"
+    elif case == "not a model":
+        init = base / "tb"
+    elif case == "prior only":
+        init = base / "prior"
+    elif case == "other rate":
+        recipe = load_recipe(SMOKE, ["data.sample_rate=16000"])
+    elif case == "other kind":
+        recipe = load_recipe(KMNIST_SMOKE)
+    out = tmp_path / "ft"
+    with pytest.raises(VqaudioError) as e:
+        train_recipe(recipe, out, resume=resume, init=init)
+    assert message.format(base=base) in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists()

@@ -1,0 +1,100 @@
+"""``vqaudio train RECIPE --init MODEL``: a new run that starts from an existing model's weights
+(fine-tuning released weights on one's own data). Only weights are taken: the optimizer, the
+learning-rate schedule and the step start afresh. Buffers come with the weights, so a loaded
+quantizer keeps its EMA statistics and its ``initialized`` flag and never re-runs k-means over
+the loaded codebook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from vqaudio.checkpoint import CONFIG, load_state, read_config
+from vqaudio.config import ImageRecipe, Recipe
+from vqaudio.distributed import say
+from vqaudio.errors import VqaudioError
+
+REFIT = "fine-tune with the recipe the model was trained with (its config.json holds it)"
+
+
+@dataclass
+class InitModels:
+    """The model folders ``--init`` names: the VQ-VAE's and the prior's (None when absent)."""
+    given: Path
+    vqvae: Path | None
+    prior: Path | None
+
+
+def init_models(init: str | Path, recipe: Recipe | ImageRecipe, stage: str = "all") -> InitModels:
+    """Resolve ``--init``: a model folder (a VQ-VAE or a prior) or a training run folder with
+    ``vqvae/`` (and ``prior/``) inside. Checks what can be checked without the data (the
+    folders exist, their model kinds and sample rate suit the recipe) so a bad ``--init`` fails
+    before anything is loaded or written."""
+    path = Path(init)
+    if (path / "vqvae" / CONFIG).is_file():
+        prior = path / "prior"
+        found = InitModels(path, path / "vqvae", prior if (prior / CONFIG).is_file() else None)
+    else:
+        try:
+            kind = str(read_config(path)["kind"])
+        except VqaudioError as e:
+            raise VqaudioError(f"--init: {e}") from None
+        found = InitModels(path, path if kind.endswith("-vqvae") else None, path if kind.endswith("-prior") else None)
+    for folder, role in ((found.vqvae, "vqvae"), (found.prior, "prior")):
+        if folder is None:
+            continue
+        config = read_config(folder)
+        expected = f"{recipe.kind}-{role}"
+        if config["kind"] != expected:
+            raise VqaudioError(f"--init {folder}: is an '{config['kind']}' model, but this recipe trains an "
+                               f"'{expected}' model; pass a model of the recipe's kind")
+        rate = config.get("sample_rate")
+        if isinstance(recipe, Recipe) and rate is not None and rate != recipe.data.sample_rate:
+            raise VqaudioError(f"--init {folder}: works at {rate} Hz, but this recipe at "
+                               f"{recipe.data.sample_rate} Hz (data.sample_rate); {REFIT}")
+    if found.vqvae is None and found.prior is None:
+        raise VqaudioError(f"--init {path}: is neither a VQ-VAE nor a prior; pass a model folder or a "
+                           "training run folder such as runs/speech")
+    if found.vqvae is None and stage in ("vqvae", "all"):
+        raise VqaudioError(f"--init {path}: holds a prior but no VQ-VAE to start the vqvae stage from; "
+                           "pass the training run folder that holds both, or train --stage prior")
+    return found
+
+
+def first_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str | None:
+    """The first tensor whose name or shape differs between ``model`` and ``state``, in words."""
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            return f"{name} is missing there but in this recipe's model"
+        if state[name].shape != tensor.shape:
+            return (f"{name} has shape {tuple(state[name].shape)} there but {tuple(tensor.shape)} "
+                    "in this recipe")
+    extra = next((name for name in state if name not in own), None)
+    return f"{extra} is there but not in this recipe's model" if extra else None
+
+
+def load_init(stage, init: InitModels) -> None:
+    """Load the ``--init`` weights of ``stage`` (its ``name`` is "vqvae" or "prior") into
+    ``stage.model``. A VQ-VAE that does not fit the recipe is an error; a prior that does not
+    fit (other levels, codebook size, labels or shape) is left to train from scratch. Says which
+    in one line."""
+    folder = init.vqvae if stage.name == "vqvae" else init.prior
+    if folder is None:
+        say(f"{stage.name}: training from scratch: --init {init.given} has no {stage.name}")
+        return
+    state = load_state(folder)
+    why = first_mismatch(stage.model, state)
+    if stage.name == "prior" and why is None:
+        theirs = read_config(folder).get("labels", [])
+        if list(theirs) != list(stage.labels):
+            why = f"its labels {theirs} differ from this recipe's {stage.labels}"
+    if why is not None:
+        if stage.name == "vqvae":
+            raise VqaudioError(f"--init {folder}: {why}; {REFIT}")
+        say(f"{stage.name}: training from scratch: --init {folder} does not fit this recipe ({why})")
+        return
+    stage.model.load_state_dict(state, strict=True)
+    say(f"{stage.name}: starting from the weights of {folder} (optimizer and schedule start afresh)")
