@@ -19,7 +19,7 @@ def test_every_shipped_recipe_loads(path):
             assert r.resolve(folder).is_dir()
 
 
-@pytest.mark.parametrize("name", ["speech", "kmnist"])
+@pytest.mark.parametrize("name", ["speech", "speech-large", "kmnist"])
 def test_default_recipes_name_every_setting(name):
     import tomllib
     from dataclasses import fields, is_dataclass

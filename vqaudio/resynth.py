@@ -22,6 +22,7 @@ from vqaudio.atomic import atomic_path, check_output_path
 from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audio_blocks
 from vqaudio.codec import Codec, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
+from vqaudio.listeners import LISTENER_KEYS
 from vqaudio.metrics import mel_distance, perplexity, quality_report
 
 PROGRESS_SECONDS = 30.0  # show a progress bar for inputs longer than this
@@ -225,23 +226,37 @@ def decode_path(src: Path, dst: Path, model: Path | None) -> dict:
 
 
 def evaluate_paths(inputs: list[Path], model: Path | None, bitrate: float | None,
-                   levels: int | None) -> dict:
+                   levels: int | None, listeners: bool = True) -> dict:
     """Mean quality over audio files, nothing written: SI-SNR, log-mel distance, PESQ-nb and
     STOI (when pesq / pystoi are installed: the ``eval`` extra), bitrate, and the first
-    level's codebook perplexity and share of codes used. Files are processed whole."""
+    level's codebook perplexity and share of codes used. Files are processed whole.
+
+    With ``listeners`` (which needs the ``eval`` extra) also the DNSMOS SIG/BAK/OVRL of the
+    reconstructions and, over the files whose names carry a digit label (``7_theo_3.wav``),
+    "digit_files" and the share of them recognised as their digit: "digit_accuracy" for the
+    reconstructions, "digit_accuracy_input" for the inputs (see ``vqaudio.listeners``)."""
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
     files = list_audio_files(inputs)
+    if listeners:
+        from vqaudio.listeners import check_available, listener_report
+
+        check_available()  # a missing extra fails before the first file, not after it
     reports, first_level = [], []
     for f in files:
         wav, _ = read_audio(f, codec.sample_rate)
-        reports.append(quality_report(wav, codec.resynth(wav, n), codec.sample_rate))
+        est = codec.resynth(wav, n)
+        reports.append(quality_report(wav, est, codec.sample_rate))
+        if listeners:
+            reports[-1].update(listener_report(est, codec.sample_rate, f, wav))
         first_level.append(codec.encode(wav, 1)[:, 0])
     codes = np.concatenate(first_level)
     summary = {"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000}
-    for key in ("si_snr", "mel_distance", "pesq", "stoi"):
+    for key in ("si_snr", "mel_distance", "pesq", "stoi", *LISTENER_KEYS):
         values = [r[key] for r in reports if key in r]
         if values:
+            if key == "digit_accuracy":
+                summary["digit_files"] = len(values)
             summary[key] = float(np.nanmean(values))
     summary["perplexity_level1"] = perplexity(codes, codec.config["num_codes"])
     summary["codes_used_share_level1"] = len(np.unique(codes)) / codec.config["num_codes"]
