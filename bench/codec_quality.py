@@ -187,10 +187,13 @@ class System:
     note: str = ""
 
 
-def build_systems(codec, tmp: Path, opus_bits: list[int]) -> list[System]:
-    systems = [System("original", SAMPLE_RATE * 16 / 1000, lambda wav: wav, reference=True)]
+def build_systems(codec, tmp: Path, opus_bits: list[int], levels: list[int] | None = None,
+                  baselines: bool = True) -> list[System]:
+    systems = [System("original", SAMPLE_RATE * 16 / 1000, lambda wav: wav, reference=True)] if baselines else []
     systems += [System(f"vqaudio {n} level{'s' if n > 1 else ''}", codec.bitrate(n) / 1000,
-                       vqaudio_system(codec, n)) for n in range(1, codec.max_levels + 1)]
+                       vqaudio_system(codec, n)) for n in (levels or range(1, codec.max_levels + 1))]
+    if not baselines:  # ablations: the model's rows alone
+        return systems
     missing = [t for t in ("c2enc", "c2dec") if shutil.which(t) is None]
     for mode in CODEC2_MODES:
         why = (f"{' and '.join(missing)} not found; install the Debian package: "
@@ -329,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"FSDD speaker whose validation digits (indices 0-4) are scored "
                         f"(default {SPEAKER})")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--levels", default="", help="comma-separated level counts to score (default all)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="score the model alone (no original, Codec2, Opus rows): for ablations")
     args = p.parse_args(argv)
 
     import torch
@@ -356,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     opus_bits: list[int] = []
     seconds = {c: 0.0 for c in CORPORA}
     with tempfile.TemporaryDirectory(prefix="codec_quality_") as tmpdir:
-        systems = build_systems(codec, Path(tmpdir), opus_bits)
+        levels = [int(n) for n in args.levels.split(",") if n.strip()] or None
+        systems = build_systems(codec, Path(tmpdir), opus_bits, levels, not args.no_baselines)
         for s in systems:
             if s.missing:
                 print(f"warning: {s.name} skipped: {s.missing}", file=sys.stderr)
