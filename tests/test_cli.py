@@ -301,3 +301,18 @@ def test_pretrained_model_ships_and_works_without_training(tmp_path):
     src = tone(tmp_path / "in.wav")
     vqaudio("resynth", src, cwd=tmp_path)
     assert sf.info(tmp_path / "in_resynth.wav").frames == sf.info(src).frames
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "recipes/speech.toml", "--workers", "abc"], ["resynth", "in.wav", "--levels", "two"],
+    ["sample", "--seconds", "abc"], ["encode", "in.wav", "-o", "c.npz", "--levels", "x"],
+    ["decode", "c.npz", "-o", "out.wav", "--bogus"], ["eval", "in.wav", "--levels", "1.5"],
+    ["train"]])
+def test_usage_errors_are_one_line(tmp_path, args):
+    """An option of the wrong type (or unknown, or a missing argument) on any command: one
+    ``error:`` line naming it and the command's --help, a non-zero exit, nothing written."""
+    p = vqaudio(*args, cwd=tmp_path, check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("error: ") and f"'vqaudio {args[0]} --help'" in lines[0]
+    assert not p.stdout and not list(tmp_path.iterdir())

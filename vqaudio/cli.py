@@ -251,7 +251,23 @@ def _json(obj) -> str:
 
 
 def main() -> None:
-    app(prog_name="vqaudio")
+    """Run the app; a usage error (an option of the wrong type, a missing argument, an unknown
+    option) is one ``error:`` line and exit status 2, like every other bad input, instead of
+    click's usage box."""
+    try:
+        status = app(prog_name="vqaudio", standalone_mode=False)
+    except Exception as e:  # click's (vendored by typer) ClickException: has these two
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain 'vqaudio': the help, as before
+            e.show()
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        message = " ".join(e.format_message().split()).rstrip(".")
+        typer.echo(f"error: {message}{hint}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":
