@@ -58,6 +58,12 @@ def write(tmp_path, text):
     ("[prior]\nconditional = true\n", "'prior.conditional' is true but data.label_regex is empty"),
     ("[prior_train]\nsteps = 0\n", "'prior_train.steps' must be positive"),
     ("[prior]\nchanels = 8\n", "unknown key 'prior.chanels' (did you mean 'channels'?)"),
+    ("[model]\ndecoder = 'wavenet'\n", "'model.decoder' must be 'conv' or 'fourier', got 'wavenet'"),
+    ("[model]\ndecoder = 'fourier'\nn_fft = 96\n", "'model.n_fft' must be at least 2 x model.hop (128)"),
+    ("[model]\ndecoder = 'fourier'\nn_fft = 129\n", "differ from the hop by an even number, got 129"),
+    ("[model]\ndecoder_layers = 0\n", "'model.decoder_layers' must be positive"),
+    ("[loss]\nfeature_matching = 2.0\n", "'loss.feature_matching' needs a discriminator"),
+    ("[loss]\nadversarial = -1.0\n", "'loss.adversarial' must not be negative"),
 ])
 def test_bad_recipes_name_file_section_and_key(tmp_path, text, message):
     p = write(tmp_path, text)

@@ -344,6 +344,8 @@ def validate(r: Recipe | ImageRecipe) -> None:
         "data.sample_rate": r.data.sample_rate, "data.segment_seconds": r.data.segment_seconds,
         "model.channels": r.model.channels, "model.latent_dim": r.model.latent_dim,
         "model.max_channels": r.model.max_channels, "prior.levels": r.prior.levels,
+        "model.decoder_dim": r.model.decoder_dim, "model.decoder_layers": r.model.decoder_layers,
+        "loss.discriminator_channels": r.loss.discriminator_channels,
         "prior.channels": r.prior.channels, "prior.cycles": r.prior.cycles,
         "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
     }, non_negative={
@@ -351,8 +353,6 @@ def validate(r: Recipe | ImageRecipe) -> None:
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,
         "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
         "loss.adversarial": r.loss.adversarial, "loss.feature_matching": r.loss.feature_matching,
-        "loss.discriminator_channels": r.loss.discriminator_channels,
-        "model.decoder_dim": r.model.decoder_dim, "model.decoder_layers": r.model.decoder_layers,
     })
     if r.model.decoder not in DECODERS:
         raise bad("model.decoder", f"must be {' or '.join(repr(d) for d in DECODERS)}, got {r.model.decoder!r}")
