@@ -62,13 +62,12 @@ def test_empty_prior_data_folders_mean_the_data_files_and_split():
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "audio").mkdir(exist_ok=True)
-    (tmp_path / "audio" / "a.wav").touch()  # validate() wants at least one audio file there
+    """A recipe whose [data] is valid and whose [prior_data] is ``text``."""
+    from test_config import write as write_recipe
+
     (tmp_path / "empty").mkdir(exist_ok=True)
     (tmp_path / "empty" / "notes.txt").write_text("no audio here")
-    p = tmp_path / "r.toml"
-    p.write_text('name = "t"\n[data]\nfolders = ["audio"]\n[prior_data]\n' + text)
-    return p
+    return write_recipe(tmp_path, "[prior_data]\n" + text)
 
 
 @pytest.mark.parametrize("text, message", [
