@@ -58,7 +58,7 @@ class AudioVQVAEStage:
         # With loss.adversarial > 0 the loop also trains this discriminator (its "critic"),
         # with its own optimizer, on the pair the last generator step made.
         self.critic = build_audio_discriminator(recipe) if recipe.loss.adversarial > 0 else None
-        self._pair: tuple[Tensor, Tensor] | None = None
+        self._pair: tuple[list, Tensor] | None = None  # critic(x) and x_hat of the last loss
 
     def loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
         self.criterion.to(x.device)  # its STFT windows and mel filters follow the model's device
@@ -66,14 +66,15 @@ class AudioVQVAEStage:
         total, terms = self.criterion(out.x_hat, x, across_ranks=True)  # every rank trains
         total = total + self.recipe.loss.quantizer * out.q.loss
         if self.critic is not None:
-            self._pair = (x, out.x_hat.detach())
             # The critic's weights take no gradient from the generator's loss (its own step
             # follows); the gradient still flows through it into x_hat.
             self.critic.requires_grad_(False)
             fake = self.critic(out.x_hat)
             self.critic.requires_grad_(True)
-            with torch.no_grad():
-                real = self.critic(x)
+            # Judged once: feature matching reads these features detached, and the critic's
+            # own loss reuses the logits (with their graph) in critic_loss.
+            real = self.critic(x)
+            self._pair = (real, out.x_hat.detach())
             terms["adversarial"] = generator_adversarial_loss(fake)
             terms["feature_matching"] = feature_matching_loss(real, fake, across_ranks=True)
             total = (total + self.recipe.loss.adversarial * terms["adversarial"]
@@ -85,8 +86,8 @@ class AudioVQVAEStage:
 
     def critic_loss(self) -> tuple[Tensor, dict[str, float]]:
         """The discriminator's hinge loss on the real and decoded audio of the last ``loss``."""
-        x, x_hat = self._pair
-        loss = discriminator_hinge_loss(self.critic(x), self.critic(x_hat))
+        real, x_hat = self._pair
+        loss = discriminator_hinge_loss(real, self.critic(x_hat))
         return loss, {"discriminator": loss.item()}
 
     def validate(self, writer, step: int) -> dict[str, float]:
