@@ -37,7 +37,7 @@ recording, and ``vqaudio.listeners`` (the eval extra): DNSMOS P.835 SIG/BAK/OVRL
 signal, and for the digits the share recognised as their digit by PocketSphinx. All are means
 over files; PESQ and STOI over the files they can score, and the table says how many when that
 is not all: pystoi cannot score clips with less than 384 ms of speech (over half of FSDD's
-validation files), see ``STOI_UNDEFINED``.
+validation files): ``vqaudio.metrics.quality_report`` says "n/a" for those.
 """
 
 from __future__ import annotations
@@ -69,11 +69,6 @@ OPUS_KBPS = 6
 METRICS = ("pesq", "stoi", "mel_distance", "si_snr")
 LISTENERS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "digits")
 CORPORA = ("sentences", "digits")
-# pystoi returns exactly 1e-5 (with a RuntimeWarning) when fewer than 30 frames of 384 ms
-# remain after removing silent frames of the reference: over half of the FSDD validation
-# files are that short. Such values are left out of the mean (the table says how many files
-# were scored); the set depends on the reference only, so it is the same for every system.
-STOI_UNDEFINED = 1e-5
 
 
 # -- systems --------------------------------------------------------------------------------
@@ -217,15 +212,15 @@ def goal_lines(systems: list[System], corpus: str) -> list[str]:
 def score(s: System, corpus: str, path: Path, ref: np.ndarray, max_lag: int) -> None:
     """Run one system on one recording and append its scores."""
     from vqaudio.listeners import DIGIT_WORDS, digit_label, dnsmos, recognise_digit
-    from vqaudio.metrics import quality_report
+    from vqaudio.metrics import is_value, quality_report
 
     est, lag = align(ref, s.run(ref), max_lag)
     sc = s.scores[corpus]
     if not s.reference:
         s.lags.append(lag)
         for k, v in quality_report(ref, est, SAMPLE_RATE).items():
-            if k == "stoi" and v <= STOI_UNDEFINED:
-                continue  # pystoi's "too short to score" value, not a score
+            if not is_value(v):
+                continue  # "n/a: ...": e.g. less than 384 ms of speech for STOI, not a score
             sc[k].append(v)
     for k, v in dnsmos(est, SAMPLE_RATE).items():
         sc[f"dnsmos_{k}"].append(v)
