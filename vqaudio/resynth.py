@@ -244,6 +244,14 @@ def evaluate_paths(inputs: list[Path], model: Path | None, bitrate: float | None
     return evaluate_codec(codec, list_audio_files(inputs), [n], listeners)[0]
 
 
+def evaluate_levels(inputs: list[Path], model: Path | None, bitrates: list[float] | None,
+                    levels: list[int] | None, listeners: bool = True) -> list[dict]:
+    """``evaluate_paths`` at several bitrates or level counts in one pass over the files:
+    one summary per level count (``level_counts``)."""
+    codec = load_codec(model)
+    return evaluate_codec(codec, list_audio_files(inputs), level_counts(codec, bitrates, levels), listeners)
+
+
 def level_counts(codec: Codec, bitrates: list[float] | None, levels: list[int] | None) -> list[int]:
     """The level counts asked for by several ``--bitrate`` or ``--levels`` (each as in
     ``Codec.pick_levels``), sorted and without repeats; all levels when neither is given."""
