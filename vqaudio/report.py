@@ -32,7 +32,7 @@ import soundfile as sf
 
 from vqaudio.atomic import atomic_dir, check_output_dir
 from vqaudio.errors import VqaudioError
-from vqaudio.metrics import Score, is_value, not_available
+from vqaudio.metrics import Score, is_value
 
 DEFAULT_FILES = 6
 CODEC2_MODE, OPUS_KBPS = 2400, 6  # the baselines at vqaudio's bitrates (bench/codec_quality.py)
