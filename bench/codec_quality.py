@@ -23,14 +23,13 @@ Systems:
 * vqaudio at every quantizer level count of the model (1 .. levels), bitrate from
   ``codec.bitrate(levels)``; the reconstruction is clipped to [-1, 1] and rounded to 16 bits,
   as the CLI writes it.
-* Codec2 (Debian package ``codec2``): ``c2enc MODE in.raw out.bit`` and ``c2dec MODE out.bit
-  out.raw`` at modes 2400 and 1300, raw 16-bit 8 kHz mono in and out.
-* Opus (Debian package ``opus-tools``): ``opusenc --bitrate 6 in.wav out.opus`` (the encoder's
-  default VBR) and ``opusdec --rate 8000 out.opus out.wav``.
+* Codec2 (Debian package ``codec2``) at modes 2400 and 1300, and Opus (Debian package
+  ``opus-tools``) at 6 kb/s: ``vqaudio.baselines`` runs their command-line tools (the same
+  code ``vqaudio eval --report`` uses).
 
 A system whose tools are missing is reported and skipped; the others are still scored.
 
-Every decoded signal goes through the same ``align`` routine before scoring: the lag that
+Every decoded signal goes through the same ``align`` routine (``vqaudio.baselines``) before scoring: the lag that
 maximizes the cross-correlation with the reference within +-40 ms is removed (Codec2 delays
 its output), then the signal is trimmed or zero-padded to the reference's length. Scores are
 ``vqaudio.metrics.quality_report`` (PESQ-nb, STOI, mel distance, SI-SNR) against the
@@ -38,18 +37,15 @@ recording, and ``vqaudio.listeners`` (the eval extra): DNSMOS P.835 SIG/BAK/OVRL
 signal, and for the digits the share recognised as their digit by PocketSphinx. All are means
 over files; PESQ and STOI over the files they can score, and the table says how many when that
 is not all: pystoi cannot score clips with less than 384 ms of speech (over half of FSDD's
-validation files), see ``STOI_UNDEFINED``.
+validation files): ``vqaudio.metrics.quality_report`` says "n/a" for those.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import platform
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,103 +55,23 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import soundfile as sf
+
+from vqaudio.baselines import (MAX_LAG_MS, SAMPLE_RATE, align, codec2_system, missing, opus_system,
+                               to_int16)
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_RATE = 8000  # Codec2 and the FSDD recordings are 8 kHz; everything is scored at 8 kHz
 # data/speech/README.md: the validation speakers, never seen in training
 SPEECH_REGEX = r"^\d{3}0_|^\d*7-\d+-\d+\.flac$"
 SPEAKER = "yweweler"  # the FSDD speaker recipes/speech-large.toml holds out
 MAX_FILES = 20  # sentences scored by default (of 212): each costs about twice a digit
-MAX_LAG_MS = 40.0
 CODEC2_MODES = (2400, 1300)
 OPUS_KBPS = 6
 METRICS = ("pesq", "stoi", "mel_distance", "si_snr")
 LISTENERS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "digits")
 CORPORA = ("sentences", "digits")
-# pystoi returns exactly 1e-5 (with a RuntimeWarning) when fewer than 30 frames of 384 ms
-# remain after removing silent frames of the reference: over half of the FSDD validation
-# files are that short. Such values are left out of the mean (the table says how many files
-# were scored); the set depends on the reference only, so it is the same for every system.
-STOI_UNDEFINED = 1e-5
-
-
-# -- alignment ------------------------------------------------------------------------------
-
-def align(ref: np.ndarray, est: np.ndarray, max_lag: int) -> tuple[np.ndarray, int]:
-    """``est`` shifted by the lag in [-max_lag, max_lag] that maximizes the cross-correlation
-    sum_n est[n + lag] * ref[n], then trimmed or zero-padded at the end to ``len(ref)``.
-
-    Returns (aligned, lag); a positive lag means ``est`` was late (a codec delay)."""
-    ref = np.asarray(ref, dtype=np.float64)
-    est = np.asarray(est, dtype=np.float64)
-    if est.size == 0:
-        return np.zeros_like(ref), 0
-    n = 1 << math.ceil(math.log2(ref.size + est.size))
-    # corr[k] = sum_n est[n + k] ref[n]; negative k wrap around to the end of the buffer.
-    corr = np.fft.irfft(np.fft.rfft(est, n) * np.conj(np.fft.rfft(ref, n)), n)
-    lags = np.arange(-max_lag, max_lag + 1)
-    lag = int(lags[np.argmax(corr[lags % n])])
-    shifted = est[lag:] if lag >= 0 else np.concatenate([np.zeros(-lag), est])
-    out = np.zeros_like(ref)
-    m = min(ref.size, shifted.size)
-    out[:m] = shifted[:m]
-    return out, lag
 
 
 # -- systems --------------------------------------------------------------------------------
-
-def to_int16(wav: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(np.asarray(wav, dtype=np.float64) * 32768), -32768, 32767).astype("<i2")
-
-
-def _run(cmd: list[str]) -> None:
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {r.returncode}: {r.stderr.strip()[-500:]}")
-
-
-def codec2_system(mode: int, tmp: Path) -> Callable[[np.ndarray], np.ndarray]:
-    def run(wav: np.ndarray) -> np.ndarray:
-        raw, bit, dec = tmp / "c2_in.raw", tmp / "c2.bit", tmp / "c2_out.raw"
-        to_int16(wav).tofile(raw)
-        _run(["c2enc", str(mode), str(raw), str(bit)])
-        _run(["c2dec", str(mode), str(bit), str(dec)])
-        return np.fromfile(dec, dtype="<i2").astype(np.float64) / 32768
-    return run
-
-
-def opus_system(kbps: float, tmp: Path, payload_bits: list[int]) -> Callable[[np.ndarray], np.ndarray]:
-    def run(wav: np.ndarray) -> np.ndarray:
-        src, enc, dec = tmp / "opus_in.wav", tmp / "opus.opus", tmp / "opus_out.wav"
-        sf.write(src, to_int16(wav), SAMPLE_RATE, subtype="PCM_16")
-        _run(["opusenc", "--quiet", "--bitrate", f"{kbps:g}", str(src), str(enc)])
-        _run(["opusdec", "--quiet", "--rate", str(SAMPLE_RATE), str(enc), str(dec)])
-        payload_bits.append(8 * ogg_audio_payload_bytes(enc.read_bytes()))
-        out, rate = sf.read(dec, dtype="float64", always_2d=True)
-        if rate != SAMPLE_RATE:
-            raise RuntimeError(f"opusdec wrote {rate} Hz, expected {SAMPLE_RATE}")
-        return out.mean(axis=1)
-    return run
-
-
-def ogg_audio_payload_bytes(data: bytes) -> int:
-    """Bytes of Opus audio packets in an Ogg Opus file: all packet data except the two header
-    packets (OpusHead, OpusTags), without Ogg page overhead."""
-    pos, packets, current = 0, [], 0
-    while pos + 27 <= len(data):
-        if data[pos:pos + 4] != b"OggS":
-            raise ValueError("not an Ogg stream")
-        nseg = data[pos + 26]
-        lacing = data[pos + 27: pos + 27 + nseg]
-        for v in lacing:
-            current += v
-            if v < 255:  # a packet ends here
-                packets.append(current)
-                current = 0
-        pos += 27 + nseg + sum(lacing)
-    return sum(packets[2:])
-
 
 def vqaudio_system(codec, levels: int) -> Callable[[np.ndarray], np.ndarray]:
     import soxr
@@ -194,15 +110,11 @@ def build_systems(codec, tmp: Path, opus_bits: list[int], levels: list[int] | No
                        vqaudio_system(codec, n)) for n in (levels or range(1, codec.max_levels + 1))]
     if not baselines:  # ablations: the model's rows alone
         return systems
-    missing = [t for t in ("c2enc", "c2dec") if shutil.which(t) is None]
+    why = missing("codec2")
     for mode in CODEC2_MODES:
-        why = (f"{' and '.join(missing)} not found; install the Debian package: "
-               "apt-get install -y codec2") if missing else ""
         systems.append(System(f"Codec2 {mode}", mode / 1000,
                               None if why else codec2_system(mode, tmp), missing=why))
-    missing = [t for t in ("opusenc", "opusdec") if shutil.which(t) is None]
-    why = (f"{' and '.join(missing)} not found; install the Debian package: "
-           "apt-get install -y opus-tools") if missing else ""
+    why = missing("opus-tools")
     systems.append(System(f"Opus {OPUS_KBPS}k", OPUS_KBPS,
                           None if why else opus_system(OPUS_KBPS, tmp, opus_bits), missing=why))
     return systems
@@ -300,15 +212,15 @@ def goal_lines(systems: list[System], corpus: str) -> list[str]:
 def score(s: System, corpus: str, path: Path, ref: np.ndarray, max_lag: int) -> None:
     """Run one system on one recording and append its scores."""
     from vqaudio.listeners import DIGIT_WORDS, digit_label, dnsmos, recognise_digit
-    from vqaudio.metrics import quality_report
+    from vqaudio.metrics import is_value, quality_report
 
     est, lag = align(ref, s.run(ref), max_lag)
     sc = s.scores[corpus]
     if not s.reference:
         s.lags.append(lag)
         for k, v in quality_report(ref, est, SAMPLE_RATE).items():
-            if k == "stoi" and v <= STOI_UNDEFINED:
-                continue  # pystoi's "too short to score" value, not a score
+            if not is_value(v):
+                continue  # "n/a: ...": e.g. less than 384 ms of speech for STOI, not a score
             sc[k].append(v)
     for k, v in dnsmos(est, SAMPLE_RATE).items():
         sc[f"dnsmos_{k}"].append(v)

@@ -1,34 +1,14 @@
 """The CLI end to end, in subprocesses, on a tiny trained model and generated audio."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-ROOT = Path(__file__).parents[1]
-
-
-def vqaudio(*args, cwd=None, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "vqaudio", *map(str, args)], cwd=cwd,
-                       capture_output=True, text=True, env=env, timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(f"vqaudio {args} failed:\n{p.stdout}\n{p.stderr}")
-    return p
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """Train the smoke recipe once for every test here."""
-    out = tmp_path_factory.mktemp("run") / "smoke"
-    p = vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", out)
-    assert "trained smoke" in p.stdout
-    return out
+from conftest import ROOT, vqaudio  # noqa: F401  (re-exported: other test files import them from here)
 
 
 def tone(path, seconds=0.7, rate=8000, channels=1, fmt=None):
@@ -63,8 +43,20 @@ def test_train_writes_model_checkpoints_and_tensorboard(run_dir):
                    "vqvae/train/codes_used", "vqvae/train/lr", "vqvae/val/si_snr_2lvl"):
         assert scalar in tags["scalars"], scalar
     assert any("audio" in t for t in tags["audio"])
-    assert any("spectrogram" in t for t in tags["images"])
+    pictures = [events.Images(t)[-1] for t in tags["images"] if t.startswith("vqvae/spectrogram/")]
+    assert pictures and all(p.width >= 600 and p.height >= 400 for p in pictures)  # two panels with axes
+    assert _colourful(pictures[0].encoded_image_string)
     assert any("codes" in t for t in tags["histograms"])
+
+
+def _colourful(png: bytes) -> bool:
+    """A colour map, not grey: many pixels whose channels differ."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float(((rgb.max(-1) - rgb.min(-1)) > 60).mean()) > 0.3
 
 
 @pytest.mark.parametrize("case", ["mono8k", "stereo44k", "flac", "odd_length"])
@@ -217,10 +209,15 @@ def test_train_writes_the_prior_its_code_cache_and_logs(run_dir):
     assert len(list((run_dir / "checkpoints").glob("prior-step*"))) == 2
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = EventAccumulator(str(run_dir / "tb"), size_guidance={"audio": 0}).Reload().Tags()
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"audio": 0, "images": 0}).Reload()
+    tags = events.Tags()
     for scalar in ("prior/train/bits_per_code", "prior/val/bits_per_code", "prior/val/unigram_entropy_bits"):
         assert scalar in tags["scalars"], scalar
-    assert any(t.startswith("prior/samples/") for t in tags["audio"])
+    samples = [t for t in tags["audio"] if t.startswith("prior/samples/")]
+    assert samples
+    for tag in samples:  # each sampled clip has its spectrogram, at every validation
+        pictures = events.Images(tag.replace("/samples/", "/samples_spectrogram/"))
+        assert len(pictures) == len(events.Audio(tag)) and pictures[-1].width >= 600
 
 
 def test_prior_stage_alone_reuses_the_vqvae_and_its_code_cache(run_dir, tmp_path):

@@ -118,7 +118,7 @@ def test_eval_prints_dnsmos_and_digit_accuracy(tmp_path):
     unlabelled = tmp_path / "speech.wav"
     unlabelled.write_bytes((FSDD / "5_yweweler_2.wav").read_bytes())
     text = vqaudio("eval", FSDD / "0_theo_0.wav", FSDD / "8_theo_0.wav", unlabelled, "--levels", "2")
-    summary = dict(line.split(": ") for line in text.strip().splitlines())
+    summary = dict(line.split(": ", 1) for line in text.strip().splitlines())  # "stoi: n/a: ..."
     assert summary["files"] == "3" and summary["digit_files"] == "2"
     assert all(1 <= float(summary[k]) <= 5 for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"))
     assert float(summary["digit_accuracy_input"]) == 1.0  # both in RECOGNISED

@@ -202,7 +202,9 @@ def test_optional_metrics_return_none_without_their_packages(monkeypatch):
     x = speechlike(SR, 0.5)
     assert metrics.pesq_nb(x, x, SR) is None
     assert metrics.stoi(x, x, SR) is None
-    assert set(metrics.quality_report(x, x, SR)) == {"si_snr", "mel_distance"}
+    report = metrics.quality_report(x, x, SR)
+    assert report["pesq"] == "n/a: PESQ needs the eval extra (pip install 'vqaudio[eval]')"
+    assert report["stoi"] == "n/a: STOI needs the eval extra (pip install 'vqaudio[eval]')"
 
 
 @pytest.mark.parametrize("sr", [8000, 16000])  # 16 kHz is resampled to 8 kHz for NB PESQ
@@ -226,11 +228,45 @@ def test_stoi():
 def test_quality_report_keys():
     x = speechlike(SR)
     report = metrics.quality_report(x, 0.5 * x, SR)
-    expected = {"si_snr", "mel_distance"}
-    expected |= {"pesq"} if metrics.pesq_nb(x, x, SR) is not None else set()
-    expected |= {"stoi"} if metrics.stoi(x, x, SR) is not None else set()
-    assert set(report) == expected
-    assert report["si_snr"] > 50 and all(isinstance(v, float) for v in report.values())
+    assert set(report) == {"si_snr", "mel_distance", "pesq", "stoi"}
+    assert report["si_snr"] > 50 and isinstance(report["mel_distance"], float)
+    for key, fn in (("pesq", metrics.pesq_nb), ("stoi", metrics.stoi)):
+        assert report[key] == fn(x, 0.5 * x, SR) or report[key].startswith("n/a: ")
+
+
+@pytest.mark.parametrize("case", ["one_sample", "silent", "short", "no_speech_for_stoi"])
+def test_quality_report_says_why_a_metric_is_not_available(case):
+    """Never NaN, never a made-up number: the reason, as "n/a: ..."."""
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    x = {"one_sample": np.array([0.5]), "silent": np.zeros(SR),
+         "short": speechlike(SR, 0.2), "no_speech_for_stoi": np.r_[np.zeros(SR), speechlike(SR, 0.1)]}[case]
+    report = metrics.quality_report(x, x, SR)
+    expected = {
+        "one_sample": {"si_snr": "n/a: input shorter than 2 samples",
+                       "mel_distance": "n/a: input shorter than 64 ms (one mel frame)",
+                       "pesq": "n/a: input shorter than 0.25 s", "stoi": "n/a: input shorter than 0.39 s"},
+        "silent": {"si_snr": "n/a: silent input", "pesq": "n/a: silent input",
+                   "stoi": "n/a: less than 0.39 s of speech in the input"},
+        "short": {"pesq": "n/a: input shorter than 0.25 s", "stoi": "n/a: input shorter than 0.39 s"},
+        "no_speech_for_stoi": {"stoi": "n/a: less than 0.39 s of speech in the input",
+                               "pesq": "n/a: PESQ found no speech in the input"},
+    }[case]
+    for key, value in report.items():
+        if key in expected:
+            assert value == expected[key], key
+        else:
+            assert metrics.is_value(value), (key, value)
+
+
+def test_mean_scores_average_what_was_scored_and_say_n_a_otherwise():
+    from vqaudio.resynth import mean_scores
+
+    summary = mean_scores([{"si_snr": 10.0, "stoi": "n/a: input shorter than 0.39 s"},
+                           {"si_snr": "n/a: silent input", "stoi": "n/a: input shorter than 0.39 s"},
+                           {"si_snr": 20.0, "stoi": "n/a: silent input"}])
+    assert summary == {"si_snr": 15.0, "si_snr_files": 2,
+                       "stoi": "n/a: input shorter than 0.39 s; silent input"}
 
 
 def test_stoi_is_none_for_clips_too_short_to_score():

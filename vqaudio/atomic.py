@@ -65,3 +65,41 @@ def check_output_path(path: str | os.PathLike, label: str | None = None) -> None
         raise VqaudioError(f"{label}: the folder {path.parent} does not exist; create it first")
     if path.is_dir():
         raise VqaudioError(f"{label}: is a folder; give a file name ending in {path.suffix or '.wav'}")
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``target``; on success rename it to ``target`` (which
+    must be missing or an empty folder: see ``check_output_dir``); on any exception delete it
+    and re-raise. Readers see the whole folder or none of it."""
+    import shutil
+
+    target = Path(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary one
+    try:
+        yield tmp
+        if target.is_dir():
+            target.rmdir()  # empty (checked before the work): the rename takes its place
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def check_output_dir(path: str | os.PathLike, label: str) -> None:
+    """Refuse, before any work, an output folder that cannot be written whole: its parent is
+    missing or a file, it is a file, or it is a folder with something in it (never mixed
+    with or replacing what is there). Messages start with ``label``."""
+    from vqaudio.errors import VqaudioError
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise VqaudioError(f"{label}: the folder {path.parent} does not exist; create it first")
+    if path.exists() and not path.is_dir():
+        raise VqaudioError(f"{label}: is a file, not a folder; give a new folder name")
+    if path.is_dir() and any(path.iterdir()):
+        raise VqaudioError(f"{label}: the folder exists and is not empty; give a new folder or remove it")

@@ -162,12 +162,35 @@ def sample(
     label: Annotated[Optional[str], typer.Option(
         "--label", help="Condition on a label (speech: the digit to say, 0-9; KMNIST: the class).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="Instead of -o: write a listening report to this new folder, --num clips "
+                         "per label (or of --label) with players, spectrograms and listener scores "
+                         "(audio models).")] = None,
+    listeners: Annotated[bool, typer.Option(
+        "--listeners/--no-listeners",
+        help="With --report: DNSMOS of each clip and whether its label is recognised as a spoken "
+             "digit (the eval extra).")] = True,
 ) -> None:
     def go():
-        from vqaudio.generate import sample as sample_
         from vqaudio.priors.sampling import Controls
 
         controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if report is not None:
+            from vqaudio.report import sample_report
+
+            if output is not None:
+                raise VqaudioError("give either -o or --report: the report holds its own clips")
+            for r in sample_report(model, seconds, num, controls, label, listeners, report):
+                typer.echo(_json(r) if json_ else
+                           f"label {r['label']} sample {r['sample']}: {r['duration_s']:.3g} s at "
+                           f"{r['bitrate_kbps']:.3g} kb/s" + "".join(
+                               f", {k} {v:.3g}" if isinstance(v, float) else f", {k} {v}"
+                               for k, v in r.items() if k.startswith(("dnsmos", "digit"))))
+            if not json_:
+                typer.echo(f"report: {report / 'index.html'}")
+            return
+        from vqaudio.generate import sample as sample_
+
         for r in sample_(model, seconds, num, output, controls, label, progress=not json_):
             if json_:
                 typer.echo(_json(r))
@@ -213,17 +236,28 @@ def decode(
 
 
 @app.command(name="eval", help="Measure a model on audio files: quality, bitrate, code use, "
-             "and what listener models hear (DNSMOS, digit recognition).")
+             "and what listener models hear (DNSMOS, digit recognition); --report writes a page "
+             "to hear and see it beside Codec2 and Opus.")
 def eval_(
     inputs: Paths,
     model: ModelOpt = None,
-    bitrate: BitrateOpt = None,
-    levels: LevelsOpt = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    bitrate: Annotated[Optional[list[float]], typer.Option(
+        "--bitrate", "-b", help="Use the most quantizer levels whose bitrate is at most this (kb/s); "
+                                "repeat for several.")] = None,
+    levels: Annotated[Optional[list[int]], typer.Option(
+        "--levels", "-l", help="Use this many quantizer levels (default: all); repeat for several.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (one line per bitrate).")] = False,
     listeners: Annotated[bool, typer.Option(
         "--listeners/--no-listeners",
         help="DNSMOS of the reconstructions and digit recognition of labelled files "
              "(the eval extra; about 0.4 s per file on a CPU). Audio models only.")] = True,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write a listening report to this new folder: index.html with players, "
+                         "spectrograms and metrics of the originals, vqaudio at each bitrate, Codec2 2400 "
+                         "and Opus 6k (audio models).")] = None,
+    report_files: Annotated[int, typer.Option(
+        "--report-files", help="How many input files the report shows, spread over the labels or "
+                               "speakers in their names.")] = 6,
 ) -> None:
     def go():
         from vqaudio.checkpoint import model_kind
@@ -231,16 +265,27 @@ def eval_(
         if (model_kind(model) or "").startswith("image"):
             from vqaudio.image_commands import evaluate_images
 
-            summary = evaluate_images(inputs, model)
-        else:
-            from vqaudio.resynth import evaluate_paths
+            if report is not None:
+                raise VqaudioError(f"--report {report}: the listening report is for audio models")
+            summaries = [evaluate_images(inputs, model)]
+        elif report is not None:
+            from vqaudio.report import eval_report
 
-            summary = evaluate_paths(inputs, model, bitrate, levels, listeners)
-        if json_:
-            typer.echo(_json(summary))
+            summaries = eval_report(inputs, model, bitrate, levels, listeners, report, report_files)
         else:
+            from vqaudio.resynth import evaluate_levels
+
+            summaries = evaluate_levels(inputs, model, bitrate, levels, listeners)
+        for i, summary in enumerate(summaries):
+            if json_:
+                typer.echo(_json(summary))
+                continue
+            if i:
+                typer.echo("")
             for k, v in summary.items():
                 typer.echo(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+        if report is not None and not json_:
+            typer.echo(f"report: {report / 'index.html'}")
     _run(go)
 
 

@@ -71,21 +71,39 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
 def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, output: Path,
                  controls: Controls, label: str | None, progress: bool) -> list[dict]:
     """Sample ``num`` clips of exactly ``seconds`` and write them; one result dict per file."""
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise VqaudioError(f"--seconds must be positive, got {seconds}; give the clip length, e.g. --seconds 2")
+    check_seconds(seconds)
     if output.suffix.lower() != ".wav":
         raise VqaudioError(f"-o {output}: sampled audio is written as WAV; give a name ending in .wav")
     paths = output_paths(output, num)
     for path in paths:  # all checked before the first clip is written
         check_output_path(path, f"-o {path}")
+    codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
+    labels, names = _labels(config["labels"], label, num, controls.seed)
+    clips = generate_clips(codec, prior, config, seconds, num, controls, labels, progress)
+    results = []
+    for path, wav, name in zip(paths, clips, names):
+        write_audio(path, wav, codec.sample_rate)
+        results.append({"output": str(path), "duration_s": len(wav) / codec.sample_rate,
+                        "sample_rate": codec.sample_rate, "label": name, "levels": config["levels"],
+                        "bitrate_kbps": config["bitrate_bps"] / 1000})
+    return results
+
+
+def load_audio_run(vqvae_dir: Path, prior_dir: Path):
+    """(codec, prior, prior config) of an audio run whose prior was trained on this VQ-VAE."""
     codec = load_codec(vqvae_dir)
     prior, config = load_audio_prior(prior_dir)
     if config["vqvae_model_id"] != codec.config["model_id"]:
         raise VqaudioError(f"model {prior_dir}: this prior was trained on the codes of another VQ-VAE "
                            f"(id {config['vqvae_model_id']}, {vqvae_dir} is {codec.config['model_id']}); "
                            "retrain it with --stage prior")
-    labels, names = _labels(config["labels"], label, num, controls.seed)
+    return codec, prior, config
 
+
+def generate_clips(codec, prior, config: dict, seconds: float, num: int, controls: Controls,
+                   labels: torch.Tensor | None, progress: bool = False) -> list[np.ndarray]:
+    """``num`` clips of exactly ``seconds`` ((T,) float32 in [-1, 1]): codes sampled from the
+    prior (conditioned on ``labels`` (num,) when given), decoded."""
     frames = math.ceil(seconds * config["frames_per_second"])
     length = round(seconds * codec.sample_rate)
     if length < 1:
@@ -94,14 +112,12 @@ def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, out
     bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
     codes = prior.generate(num, frames, controls, labels, progress=lambda t: bar.update(t - bar.n))
     bar.close()
-    results = []
-    for path, c, name in zip(paths, codes, names):
-        wav = np.clip(codec.decode(c.numpy(), length), -1.0, 1.0)
-        write_audio(path, wav, codec.sample_rate)
-        results.append({"output": str(path), "duration_s": length / codec.sample_rate,
-                        "sample_rate": codec.sample_rate, "label": name, "levels": config["levels"],
-                        "bitrate_kbps": config["bitrate_bps"] / 1000})
-    return results
+    return [np.clip(codec.decode(c.numpy(), length), -1.0, 1.0) for c in codes]
+
+
+def check_seconds(seconds: float) -> None:
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise VqaudioError(f"--seconds must be positive, got {seconds}; give the clip length, e.g. --seconds 2")
 
 
 def _labels(vocab: list[str], label: str | None, num: int, seed: int):

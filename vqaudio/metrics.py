@@ -3,7 +3,9 @@ packages are installed) and code statistics (perplexity, entropy, bitrate).
 
 Waveform metrics take two 1-D signals of the same length, numpy arrays or tensors, and return
 plain floats. ``pesq`` and ``pystoi`` are optional: without them ``pesq_nb`` and ``stoi``
-return None and ``quality_report`` leaves their keys out.
+return None. ``quality_report`` never returns NaN or leaves a key out: a metric that cannot
+be computed is the string ``"n/a: <why>"`` (``not_available``), which eval prints, writes to
+its JSON and shows in its report as is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from numpy.typing import ArrayLike
 SI_SNR_EPS = 1e-8  # absolute energy floor: a silent reference gives a finite, <= 0 dB score
 MEL_N_FFT_AT_8K, MEL_N_MELS, MEL_FLOOR = 512, 64, 1e-5
 Signal = ArrayLike | torch.Tensor
+Score = float | str  # a value, or "n/a: <why it cannot be computed>"
+EXTRA = "pip install 'vqaudio[eval]'"
+
+
+def not_available(why: str) -> str:
+    """The score of a metric that cannot be computed: ``"n/a: " + why``."""
+    return f"n/a: {why}"
+
+
+def is_value(score: object) -> bool:
+    """True for a number (not an ``not_available`` string, None, or NaN)."""
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
 
 
 def _pair(ref: Signal, est: Signal) -> tuple[np.ndarray, np.ndarray]:
@@ -86,23 +100,36 @@ def _resample(x: np.ndarray, sample_rate: int, target: int) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(x), sample_rate, target).numpy()
 
 
+# The pesq package refuses shorter buffers ("Buffer needs to be at least 1/4 of a second long").
+PESQ_MIN_SECONDS = 0.25
+
+
 def pesq_nb(ref: Signal, est: Signal,
             sample_rate: int) -> float | None:
     """Narrow-band PESQ (ITU-T P.862, MOS-LQO, about 1 to 4.5) at 8 kHz, resampling first if
     needed. None when the ``pesq`` package is missing or PESQ cannot score the pair (a silent
-    reference or estimate, no speech found in the reference)."""
+    reference or estimate, no speech found in the reference); ``pesq_score`` says why."""
+    score = pesq_score(ref, est, sample_rate)
+    return score if is_value(score) else None
+
+
+def pesq_score(ref: Signal, est: Signal, sample_rate: int) -> Score:
+    """``pesq_nb``, or ``not_available`` with the reason it cannot score the pair."""
     try:
         from pesq import PesqError, pesq
     except ImportError:
-        return None
+        return not_available(f"PESQ needs the eval extra ({EXTRA})")
     ref, est = _pair(ref, est)
     if not ref.any():  # pesq would divide by the peak; a silent reference has no speech anyway
-        return None
+        return not_available("silent input")
     ref, est = _resample(ref, sample_rate, 8000), _resample(est, sample_rate, 8000)
     try:
         return float(pesq(8000, ref, est, "nb"))
     except (PesqError, ValueError):  # no utterance found; a silent estimate makes it hit a NaN
-        return None
+        why = "silent output" if not est.any() else "PESQ found no speech in the input"
+        if len(ref) < PESQ_MIN_SECONDS * 8000:
+            why = f"input shorter than {PESQ_MIN_SECONDS:g} s"
+        return not_available(why)
 
 
 # STOI needs 30 frames of 25.6 ms (0.397 s) of speech to give a score.
@@ -114,20 +141,28 @@ def stoi(ref: Signal, est: Signal,
     """Short-time objective intelligibility (0 to 1; Taal et al., IEEE TASLP 2011); None when
     the ``pystoi`` package is missing or the clip is too short to score (pystoi needs about
     384 ms of non-silent speech and otherwise returns exactly 1e-5 with a warning: not a
-    score, so it must not be averaged in). pystoi resamples to 10 kHz itself."""
+    score, so it must not be averaged in); ``stoi_score`` says why. pystoi resamples to
+    10 kHz itself."""
+    score = stoi_score(ref, est, sample_rate)
+    return score if is_value(score) else None
+
+
+def stoi_score(ref: Signal, est: Signal, sample_rate: int) -> Score:
+    """``stoi``, or ``not_available`` with the reason it cannot score the pair."""
     try:
         from pystoi import stoi as _stoi
     except ImportError:
-        return None
+        return not_available(f"STOI needs the eval extra ({EXTRA})")
     import warnings
 
     ref, est = _pair(ref, est)
     if len(ref) < STOI_MIN_SECONDS * sample_rate:
-        return None  # pystoi returns its no-score value here, and crashes under ~26 ms
+        # pystoi returns its no-score value here, and crashes under ~26 ms
+        return not_available(f"input shorter than {STOI_MIN_SECONDS:g} s")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         value = float(_stoi(ref, est, sample_rate, extended=False))
-    return None if value <= 1e-5 else value
+    return value if value > 1e-5 else not_available(f"less than {STOI_MIN_SECONDS:g} s of speech in the input")
 
 
 def _code_probs(codes: Signal, num_codes: int) -> np.ndarray:
@@ -161,12 +196,16 @@ def bitrate(frames_per_second: float, num_codes: int, levels: int) -> float:
 
 
 def quality_report(ref: Signal, est: Signal,
-                   sample_rate: int) -> dict[str, float]:
-    """{"si_snr", "mel_distance"} plus "pesq" and "stoi" when their packages are installed
-    (and PESQ can score the pair)."""
-    report = {"si_snr": si_snr(ref, est), "mel_distance": mel_distance(ref, est, sample_rate)}
-    for name, fn in (("pesq", pesq_nb), ("stoi", stoi)):
-        value = fn(ref, est, sample_rate)
-        if value is not None:
-            report[name] = value
-    return report
+                   sample_rate: int) -> dict[str, Score]:
+    """{"si_snr", "mel_distance", "pesq", "stoi"}: each a float, or ``not_available`` with
+    the reason (an input too short or silent, PESQ or STOI without their packages)."""
+    a, _ = _pair(ref, est)
+    n_fft = mel_setting(sample_rate)[0]
+    if a.size < 2 or not (a - a.mean()).any():
+        snr = not_available("input shorter than 2 samples" if a.size < 2 else "silent input")
+    else:
+        snr = si_snr(ref, est)
+    mel = (mel_distance(ref, est, sample_rate) if a.size >= n_fft else
+           not_available(f"input shorter than {1000 * n_fft / sample_rate:g} ms (one mel frame)"))
+    return {"si_snr": snr, "mel_distance": mel, "pesq": pesq_score(ref, est, sample_rate),
+            "stoi": stoi_score(ref, est, sample_rate)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -23,7 +23,7 @@ from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audi
 from vqaudio.codec import Codec, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
 from vqaudio.listeners import LISTENER_KEYS
-from vqaudio.metrics import mel_distance, perplexity, quality_report
+from vqaudio.metrics import is_value, mel_distance, perplexity, quality_report
 
 PROGRESS_SECONDS = 30.0  # show a progress bar for inputs longer than this
 
@@ -234,30 +234,85 @@ def evaluate_paths(inputs: list[Path], model: Path | None, bitrate: float | None
     With ``listeners`` (which needs the ``eval`` extra) also the DNSMOS SIG/BAK/OVRL of the
     reconstructions and, over the files whose names carry a digit label (``7_theo_3.wav``),
     "digit_files" and the share of them recognised as their digit: "digit_accuracy" for the
-    reconstructions, "digit_accuracy_input" for the inputs (see ``vqaudio.listeners``)."""
+    reconstructions, "digit_accuracy_input" for the inputs (see ``vqaudio.listeners``).
+
+    A metric no file can be scored by is ``"n/a: <why>"`` (e.g. "n/a: input shorter than
+    0.39 s" for STOI), never NaN; one only some files can be scored by is their mean, and
+    "<metric>_files" says how many."""
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
-    files = list_audio_files(inputs)
+    return evaluate_codec(codec, list_audio_files(inputs), [n], listeners)[0]
+
+
+def evaluate_levels(inputs: list[Path], model: Path | None, bitrates: list[float] | None,
+                    levels: list[int] | None, listeners: bool = True) -> list[dict]:
+    """``evaluate_paths`` at several bitrates or level counts in one pass over the files:
+    one summary per level count (``level_counts``)."""
+    codec = load_codec(model)
+    return evaluate_codec(codec, list_audio_files(inputs), level_counts(codec, bitrates, levels), listeners)
+
+
+def level_counts(codec: Codec, bitrates: list[float] | None, levels: list[int] | None) -> list[int]:
+    """The level counts asked for by several ``--bitrate`` or ``--levels`` (each as in
+    ``Codec.pick_levels``), sorted and without repeats; all levels when neither is given."""
+    if bitrates and levels:
+        raise VqaudioError("give either --bitrate or --levels, not both")
+    if not bitrates and not levels:
+        return [codec.max_levels]
+    return sorted({codec.pick_levels(b, None) for b in bitrates or []}
+                  | {codec.pick_levels(None, n) for n in levels or []})
+
+
+FileResult = Callable[[Path, np.ndarray, dict[int, tuple[np.ndarray, dict]]], None]
+
+
+def evaluate_codec(codec: Codec, files: list[Path], levels: list[int], listeners: bool = True,
+                   on_file: FileResult | None = None) -> list[dict]:
+    """``evaluate_paths`` for each level count in ``levels``: one summary per count. After
+    each file, ``on_file(path, wav, {levels: (reconstruction, scores)})`` when given (the
+    report keeps the files it shows)."""
     if listeners:
         from vqaudio.listeners import check_available, listener_report
 
         check_available()  # a missing extra fails before the first file, not after it
-    reports, first_level = [], []
+    reports: dict[int, list[dict]] = {n: [] for n in levels}
+    first_level = []
     for f in files:
         wav, _ = read_audio(f, codec.sample_rate)
-        est = codec.resynth(wav, n)
-        reports.append(quality_report(wav, est, codec.sample_rate))
-        if listeners:
-            reports[-1].update(listener_report(est, codec.sample_rate, f, wav))
+        results = {}
+        for n in levels:
+            est = codec.resynth(wav, n)
+            report = quality_report(wav, est, codec.sample_rate)
+            if listeners:
+                report.update(listener_report(est, codec.sample_rate, f, wav))
+            reports[n].append(report)
+            results[n] = (est, report)
         first_level.append(codec.encode(wav, 1)[:, 0])
+        if on_file is not None:
+            on_file(f, wav, results)
     codes = np.concatenate(first_level)
-    summary = {"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000}
+    usage = {"perplexity_level1": perplexity(codes, codec.config["num_codes"]),
+             "codes_used_share_level1": len(np.unique(codes)) / codec.config["num_codes"]}
+    return [{"files": len(files), "levels": n, "bitrate_kbps": codec.bitrate(n) / 1000,
+             **mean_scores(reports[n]), **usage} for n in levels]
+
+
+def mean_scores(reports: list[dict]) -> dict:
+    """Per metric, the mean over the files it could score; "<metric>_files" when that is not
+    every file it was tried on, and ``"n/a: <why>"`` when it scored none."""
+    summary: dict = {}
     for key in ("si_snr", "mel_distance", "pesq", "stoi", *LISTENER_KEYS):
         values = [r[key] for r in reports if key in r]
-        if values:
-            if key == "digit_accuracy":
-                summary["digit_files"] = len(values)
-            summary[key] = float(np.nanmean(values))
-    summary["perplexity_level1"] = perplexity(codes, codec.config["num_codes"])
-    summary["codes_used_share_level1"] = len(np.unique(codes)) / codec.config["num_codes"]
+        if not values:
+            continue
+        if key == "digit_accuracy":
+            summary["digit_files"] = len(values)
+        scored = [v for v in values if is_value(v)]
+        if scored:
+            summary[key] = float(np.mean(scored))
+            if len(scored) < len(values):
+                summary[f"{key}_files"] = len(scored)
+        else:
+            reasons = list(dict.fromkeys(v for v in values if isinstance(v, str)))
+            summary[key] = "n/a: " + "; ".join(r.removeprefix("n/a: ") for r in reasons)
     return summary

@@ -23,6 +23,7 @@ from vqaudio.errors import VqaudioError
 from vqaudio.losses import (ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
                             generator_adversarial_loss)
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
+from vqaudio.plots import spectrogram_image
 from vqaudio.priors.sampling import Controls
 
 
@@ -117,27 +118,15 @@ class AudioVQVAEStage:
             clip = torch.cat([x[i, 0], gap, x_hat[i, 0].clamp(-1, 1)])
             writer.add_audio(f"{self.name}/audio/{i}_original_then_reconstruction", clip, step,
                              sample_rate=sr)
-            writer.add_image(f"{self.name}/spectrogram/{i}_original_vs_reconstruction",
-                             side_by_side_spectrogram(x[i, 0], x_hat[i, 0]), step,
-                             dataformats="HW")
+            picture = spectrogram_image([("original", x[i, 0].numpy()),
+                                         (f"reconstruction, {levels[-1]} levels", x_hat[i, 0].clamp(-1, 1).numpy())],
+                                        sr)
+            writer.add_image(f"{self.name}/spectrogram/{i}_original_vs_reconstruction", picture, step,
+                             dataformats="HWC")
         return metrics
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
         save_model_dir(directory, self.model, audio_model_config(self.recipe), extra)
-
-
-def log_spectrogram(wav: Tensor, n_fft: int = 256) -> Tensor:
-    """(F, frames) log magnitude in dB, low frequencies at the bottom."""
-    spec = torch.stft(wav, n_fft, n_fft // 4, window=torch.hann_window(n_fft), return_complex=True)
-    return (20 * torch.log10(spec.abs() + 1e-5)).flip(0)
-
-
-def side_by_side_spectrogram(a: Tensor, b: Tensor) -> Tensor:
-    """Two spectrograms with a white divider, scaled to [0, 1] together, as an (H, W) image."""
-    sa, sb = log_spectrogram(a), log_spectrogram(b)
-    lo, hi = max(sa.max().item() - 80, sa.min().item()), sa.max().item()
-    img = torch.cat([sa, torch.full((sa.shape[0], 2), hi), sb], dim=1)
-    return ((img - lo) / (hi - lo + 1e-9)).clamp(0, 1)
 
 
 def audio_vqvae_stage(recipe: Recipe):
@@ -172,7 +161,7 @@ class AudioPriorStage:
 
     def validate(self, writer, step: int) -> dict[str, float]:
         """NLL in bits per code on the validation files (real frames only) beside the unigram
-        entropy of their codes; a few sampled clips as audio."""
+        entropy of their codes; a few sampled clips as audio and spectrograms."""
         codes = self.val.all_codes(self.levels)
         metrics = {
             "bits_per_code": float(prior_bits_per_code(self.model, self.val, bool(self.labels)).mean()),
@@ -183,8 +172,12 @@ class AudioPriorStage:
             writer.add_scalar(f"{self.name}/val/{k}", v, step)
         for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, Controls(seed=step))):
             tag = f"label_{self.labels[i % len(self.labels)]}" if self.labels else str(i)
-            writer.add_audio(f"{self.name}/samples/{tag}", torch.from_numpy(wav).clamp(-1, 1), step,
+            wav = np.clip(wav, -1, 1)
+            writer.add_audio(f"{self.name}/samples/{tag}", torch.from_numpy(wav), step,
                              sample_rate=self.codec.sample_rate)
+            writer.add_image(f"{self.name}/samples_spectrogram/{tag}",
+                             spectrogram_image([(f"prior sample {tag.replace('_', ' ')}", wav)],
+                                               self.codec.sample_rate), step, dataformats="HWC")
         return metrics
 
     def sample(self, num: int, seconds: float, controls: Controls) -> list[np.ndarray]:
