@@ -313,3 +313,15 @@ def test_usage_errors_are_one_line(tmp_path, args):
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("error: ") and f"'vqaudio {args[0]} --help'" in lines[0]
     assert not p.stdout and not list(tmp_path.iterdir())
+
+
+def test_resynth_of_a_one_sample_file_says_na_not_nan(tmp_path):
+    """SI-SNR and the mel distance of a too-short input are the reason, printed and in JSON."""
+    sf.write(tmp_path / "one.wav", np.array([0.5]), 8000)
+    p = vqaudio("resynth", tmp_path / "one.wav", "-o", tmp_path / "out.wav")
+    assert "nan" not in p.stdout.lower()
+    assert "SI-SNR n/a: input shorter than 2 samples" in p.stdout
+    assert "mel distance n/a: input shorter than 64 ms" in p.stdout
+    result = json.loads(vqaudio("resynth", tmp_path / "one.wav", "-o", tmp_path / "out2.wav", "--json").stdout)
+    assert result["si_snr_db"] == "n/a: input shorter than 2 samples"
+    assert sf.info(tmp_path / "out2.wav").frames == 1

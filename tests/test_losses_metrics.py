@@ -276,3 +276,22 @@ def test_stoi_is_none_for_clips_too_short_to_score():
     t = np.arange(1600) / 8000  # 0.2 s: pystoi needs ~384 ms and would return 1e-5
     x = np.sin(2 * np.pi * 200 * t).astype(np.float32)
     assert stoi(x, x, 8000) is None
+
+
+def test_streamed_si_snr_matches_the_whole_signal_and_says_na_where_undefined():
+    from vqaudio.metrics import si_snr
+    from vqaudio.resynth import SiSnr
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(1000)
+    est = ref + 0.3 * rng.standard_normal(1000)
+    acc = SiSnr()
+    for a in range(0, 1000, 300):
+        acc.add(ref[a:a + 300], est[a:a + 300])
+    assert acc.value() == pytest.approx(si_snr(ref, est), abs=1e-6)
+    one = SiSnr()
+    one.add(ref[:1], est[:1])
+    assert one.value() == "n/a: input shorter than 2 samples"
+    silent = SiSnr()
+    silent.add(np.zeros(100), est[:100])
+    assert silent.value() == "n/a: silent input"

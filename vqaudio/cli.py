@@ -142,7 +142,8 @@ def resynth(
             typer.echo(_json(result) if json_ else
                        f"{result['output']}: {result['duration_s']:.2f} s at "
                        f"{result['bitrate_kbps']:.3g} kb/s ({result['levels']} levels), "
-                       f"SI-SNR {result['si_snr_db']:.2f} dB, mel distance {result['mel_distance']:.3f}")
+                       f"SI-SNR {_score(result['si_snr_db'], '.2f', ' dB')}, "
+                       f"mel distance {_score(result['mel_distance'], '.3f')}")
     _run(go)
 
 
@@ -287,6 +288,11 @@ def eval_(
         if report is not None and not json_:
             typer.echo(f"report: {report / 'index.html'}")
     _run(go)
+
+
+def _score(value, spec: str, unit: str = "") -> str:
+    """A metric as printed: the number with its unit, or its "n/a: <why>" as it is."""
+    return value if isinstance(value, str) else f"{value:{spec}}{unit}"
 
 
 def _json(obj) -> str:

@@ -23,7 +23,7 @@ from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audi
 from vqaudio.codec import Codec, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
 from vqaudio.listeners import LISTENER_KEYS
-from vqaudio.metrics import is_value, mel_distance, perplexity, quality_report
+from vqaudio.metrics import Score, is_value, mel_distance, mel_setting, not_available, perplexity, quality_report
 
 PROGRESS_SECONDS = 30.0  # show a progress bar for inputs longer than this
 
@@ -41,12 +41,16 @@ class SiSnr:
         self.n += r.size
         self.s += [r.sum(), e.sum(), r @ r, e @ e, r @ e]
 
-    def value(self) -> float:
-        n = max(self.n, 1)
+    def value(self) -> Score:
+        """SI-SNR in dB, or "n/a: <why>" where it is undefined (fewer than 2 samples, a silent
+        reference), never NaN."""
+        if self.n < 2:
+            return not_available("input shorter than 2 samples")
+        n = self.n
         sr, se, srr, see, sre = self.s
         cov, var_r, var_e = sre - sr * se / n, srr - sr * sr / n, see - se * se / n
         if var_r <= 1e-12:
-            return float("nan")  # silent reference: SI-SNR is undefined
+            return not_available("silent input")
         target = cov * cov / var_r
         noise = max(var_e - target, 1e-12)
         return float(10 * np.log10(max(target, 1e-12) / noise))
@@ -126,9 +130,12 @@ def resynth_file(codec: Codec, src: Path, dst: Path, levels: int, input_rate: bo
                            "check the output folder is writable") from None
     finally:
         bar.close()
+    n_fft = mel_setting(codec.sample_rate)[0]
+    mel = (mel_sum / n if n >= n_fft else
+           not_available(f"input shorter than {1000 * n_fft / codec.sample_rate:g} ms (one mel frame)"))
     return {"input": str(src), "output": str(dst), "duration_s": seconds, "levels": levels,
             "bitrate_kbps": codec.bitrate(levels) / 1000, "sample_rate": out_rate,
-            "si_snr_db": snr.value(), "mel_distance": mel_sum / max(n, 1)}
+            "si_snr_db": snr.value(), "mel_distance": mel}
 
 
 def plan_outputs(inputs: list[Path], output: Path | None, suffix: str = ".wav") -> list[tuple[Path, Path]]:
