@@ -122,49 +122,88 @@ class WaveNetPrior(nn.Module):
         return (ce * m).sum() / m.sum().clamp(min=1)
 
     # -- incremental generation -------------------------------------------------------------
+    def stepper(self, batch: int, labels: Tensor | None = None) -> "FrameStepper":
+        """The cached frame-by-frame path (Fast WaveNet) shared by ``generate`` and the
+        entropy coder (vqaudio/entropy.py), which must compute frame t's probabilities from
+        the same inputs by the same code in its encoder and its decoder."""
+        self._check_labels(labels)
+        return FrameStepper(self, batch, labels)
+
     @torch.inference_mode()  # no autograd bookkeeping at all: ~10% faster than no_grad here
     def generate(self, batch: int, frames: int, controls: Controls = Controls(),
                  labels: Tensor | None = None, progress: Callable[[int], None] | None = None) -> Tensor:
         """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers.
 
-        Each layer keeps a ring buffer of its last ``dilation`` inputs ``(d, B, C)``: slot
-        ``t % d`` holds the input from frame ``t - d`` (zeros before the start, like the
-        padding of ``forward``); it is read, then overwritten with frame t's input. Draws use
-        the same noise stream in the same order as ``reference_sample``, so the output equals
-        the full-recompute reference for the same seed.
+        Draws use the same noise stream in the same order as ``reference_sample``, so the
+        output equals the full-recompute reference for the same seed.
         """
-        self._check_labels(labels)
-        device, dtype = self.embed.weight.device, self.embed.weight.dtype
-        steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
-        for layer in self.layers:
-            w = layer.conv.weight  # (2C, C, 2): tap 0 reads x_{t-d}, tap 1 reads x_t
-            bias = layer.conv.bias.expand(batch, -1)
-            if layer.label is not None:
-                bias = bias + layer.label(labels)
-            steps.append((layer.dilation, torch.cat([w[:, :, 0], w[:, :, 1]], 1).t(), bias,
-                          layer.out.weight[:, :, 0].t(), layer.out.bias))
-        queues = [torch.zeros(d, batch, self.channels, device=device, dtype=dtype) for d, *_ in steps]
-        post_w, post_b = self.post.weight[:, :, 0].t(), self.post.bias
-        sampler = Sampler(controls, batch, frames * self.levels, device)
-        codes = torch.zeros(batch, frames, self.levels, dtype=torch.long, device=device)
-        x_in = torch.zeros(batch, self.channels, device=device, dtype=dtype)  # frame -1: zeros
+        step = self.stepper(batch, labels)
+        sampler = Sampler(controls, batch, frames * self.levels, self.embed.weight.device)
+        codes = torch.zeros(batch, frames, self.levels, dtype=torch.long, device=self.embed.weight.device)
         for t in range(frames):
-            x, skip = x_in, None
-            for (d, w_conv, b_conv, w_out, b_out), queue in zip(steps, queues):
-                pair = torch.cat([queue[t % d], x], 1)  # [x_{t-d} ‖ x_t], a copy
-                queue[t % d] = x
-                h = torch.addmm(b_conv, pair, w_conv)
-                a, b = h.chunk(2, dim=1)
-                res, s = torch.addmm(b_out, torch.tanh(a) * torch.sigmoid(b), w_out).chunk(2, dim=1)
-                x = x + res
-                skip = s if skip is None else skip + s
-            h = torch.addmm(post_b, F.relu(skip), post_w)  # (B, C)
-            for l, head in enumerate(self.heads):
-                codes[:, t, l] = sampler(head(h + self._lower(codes[:, t], l)), t * self.levels + l)
-            x_in = self.embed(codes[:, t] + self.offsets).sum(1)
+            h = step.context()
+            for l in range(self.levels):
+                codes[:, t, l] = sampler(step.logits(h, codes[:, t], l), t * self.levels + l)
+            step.push(codes[:, t])
             if progress is not None:
                 progress(t + 1)
         return codes
+
+
+class FrameStepper:
+    """One frame at a time through a WaveNetPrior's layers, O(layers) per frame.
+
+    Each layer keeps a ring buffer of its last ``dilation`` inputs ``(d, B, C)``: slot
+    ``t % d`` holds the input from frame ``t - d`` (zeros before the start, like the padding
+    of ``forward``); it is read, then overwritten with frame t's input. Per frame:
+    ``h = context()`` summarises frames < t, ``logits(h, codes_t, l)`` predicts level l from
+    it and the lower levels of frame t, ``push(codes_t)`` appends frame t.
+    """
+
+    def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None):
+        self.prior = prior
+        device, dtype = prior.embed.weight.device, prior.embed.weight.dtype
+        with torch.inference_mode():
+            self.steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
+            for layer in prior.layers:
+                w = layer.conv.weight  # (2C, C, 2): tap 0 reads x_{t-d}, tap 1 reads x_t
+                bias = layer.conv.bias.expand(batch, -1)
+                if layer.label is not None:
+                    bias = bias + layer.label(labels)
+                self.steps.append((layer.dilation, torch.cat([w[:, :, 0], w[:, :, 1]], 1).t(), bias,
+                                   layer.out.weight[:, :, 0].t(), layer.out.bias))
+            self.queues = [torch.zeros(d, batch, prior.channels, device=device, dtype=dtype)
+                           for d, *_ in self.steps]
+            self.post_w, self.post_b = prior.post.weight[:, :, 0].t(), prior.post.bias
+        self.x_in = torch.zeros(batch, prior.channels, device=device, dtype=dtype)  # frame -1: zeros
+        self.t = 0
+
+    @torch.inference_mode()
+    def context(self) -> Tensor:
+        """(B, C): the summary of frames < t that every level's head of frame t reads."""
+        x, skip, t = self.x_in, None, self.t
+        for (d, w_conv, b_conv, w_out, b_out), queue in zip(self.steps, self.queues):
+            pair = torch.cat([queue[t % d], x], 1)  # [x_{t-d} ‖ x_t], a copy
+            queue[t % d] = x
+            h = torch.addmm(b_conv, pair, w_conv)
+            a, b = h.chunk(2, dim=1)
+            res, s = torch.addmm(b_out, torch.tanh(a) * torch.sigmoid(b), w_out).chunk(2, dim=1)
+            x = x + res
+            skip = s if skip is None else skip + s
+        return torch.addmm(self.post_b, F.relu(skip), self.post_w)  # (B, C)
+
+    @torch.inference_mode()
+    def logits(self, h: Tensor, codes_t: Tensor, level: int) -> Tensor:
+        """(B, K) logits of level ``level`` at frame t; ``codes_t`` (B, ≥level) holds its lower levels."""
+        return self.prior.heads[level](h + self.prior._lower(codes_t, level))
+
+    @torch.inference_mode()
+    def push(self, codes_t: Tensor) -> None:
+        """Append frame t's codes (B, L') and move to frame t+1. L' < L (fewer levels than the
+        prior models) sums the embeddings of the levels given: the entropy coder's case."""
+        n = codes_t.shape[1]
+        self.x_in = self.prior.embed(codes_t + self.prior.offsets[:n]).sum(1)
+        self.t += 1
 
 
 def sequence_logits_fn(prior: WaveNetPrior, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
