@@ -7,6 +7,7 @@ is kept), so memory does not grow with duration and the result matches one-shot 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zipfile
@@ -146,28 +147,117 @@ def load_codec(model: str | Path | None) -> Codec:
 
 # -- codes files --------------------------------------------------------------------------------
 
-def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: float) -> None:
-    """An .npz holding the codes and what decoding needs: model id, rate, hop, length, and the
-    input gain (one float per file) to undo after decoding."""
-    from vqaudio.atomic import atomic_path
+FORMATS = ("vqc", "npz")  # the compact bitstream (vqaudio/bitstream.py), the older .npz
+
+
+def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: float,
+               fmt: str = "vqc", entropy_prior: tuple | None = None) -> int:
+    """Write the codes and what decoding needs (model id, rate, hop, length, the input gain
+    to undo after decoding) as ``fmt``: "vqc", bit-packed, or arithmetic-coded with
+    ``entropy_prior`` = (prior, its config) from ``entropy.load_entropy_prior``; or "npz".
+    Returns the bytes written."""
+    from vqaudio.atomic import write_bytes_atomic
+
+    if fmt not in FORMATS:
+        raise VqaudioError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "npz":
+        if entropy_prior is not None:
+            raise VqaudioError("--entropy needs the compact format; leave out --format npz")
+        data = _npz_bytes(codec, codes, length, gain)
+    else:
+        data = _vqc_bytes(codec, codes, length, gain, entropy_prior)
+    write_bytes_atomic(path, data)
+    return len(data)
+
+
+def _npz_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float) -> bytes:
+    import io
 
     meta = {"model_id": codec.config["model_id"], "sample_rate": codec.sample_rate,
             "hop": codec.hop, "length": int(length), "num_codes": codec.config["num_codes"],
             "gain": float(gain)}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, codes=codes.astype(np.int16 if codec.config["num_codes"] <= 32767 else np.int32),
-                     meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    f = io.BytesIO()
+    np.savez(f, codes=codes.astype(np.int16 if codec.config["num_codes"] <= 32767 else np.int32),
+             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    return f.getvalue()
+
+
+def _vqc_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float, entropy_prior: tuple | None) -> bytes:
+    from vqaudio import bitstream
+
+    frames, levels = codes.shape
+    header = bitstream.Header(codec.config["model_id"], codec.sample_rate, codec.hop,
+                              codec.config["num_codes"], frames, levels, int(length), float(gain))
+    if entropy_prior is None:
+        return bitstream.to_bytes(header, bitstream.pack_codes(codes, codec.config["num_codes"]))
+    from vqaudio import entropy as coder
+
+    prior, config = entropy_prior
+    header = dataclasses.replace(header, prior_id=config["model_id"], needs=bitstream.decoding_needs(),
+                                 prior_levels=min(levels, prior.levels))
+    return bitstream.to_bytes(header, coder.encode(prior, codes))
 
 
 def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int, float]:
-    """Codes (frames, levels), the original length and the input gain; checks they belong to
+    """Codes (frames, levels), the original length and the input gain of a codes file of
+    either format (told apart by the first bytes, not the name); checks they belong to
     ``codec``."""
+    from vqaudio import bitstream
+
     path = Path(path)
     if path.is_dir():
-        raise VqaudioError(f"{path} is a folder, not a codes file; pass the .npz file made by 'vqaudio encode'")
+        raise VqaudioError(f"{path} is a folder, not a codes file; pass the .npz file or {bitstream.SUFFIX} "
+                           "file made by 'vqaudio encode'")
     if not path.is_file():
         raise VqaudioError(f"{path}: no such codes file; make one with 'vqaudio encode IN -o {path.name}'")
+    with open(path, "rb") as f:
+        magic = f.read(len(bitstream.MAGIC))
+    if magic == bitstream.MAGIC:
+        codes, meta = _read_vqc(path, codec)
+    else:
+        codes, meta = _read_npz(path)
+    return _checked(path, codec, codes, meta)
+
+
+def _read_vqc(path: Path, codec: Codec) -> tuple[np.ndarray, dict]:
+    from vqaudio import bitstream
+
+    header, payload = bitstream.read_file(path)
+    _check_model(path, codec, header.model_id)
+    meta = {"model_id": header.model_id, "length": header.length, "gain": header.gain}
+    again = "the file is damaged; make it again with 'vqaudio encode'"
+    if (header.sample_rate, header.hop, header.num_codes) != (codec.sample_rate, codec.hop, codec.config["num_codes"]):
+        raise VqaudioError(f"{path}: header says {header.sample_rate} Hz, hop {header.hop}, {header.num_codes} "
+                           f"codes, but the model has {codec.sample_rate} Hz, hop {codec.hop}, "
+                           f"{codec.config['num_codes']} codes; {again}")
+    if not 1 <= header.levels <= codec.max_levels or header.frames < 1:
+        raise VqaudioError(f"{path}: header says {header.frames} frames of {header.levels} levels, expected "
+                           f"1..{codec.max_levels} levels; {again}")
+    if not header.entropy:
+        size = bitstream.plain_size(header.frames, header.levels, header.num_codes)
+        if bitstream.HEADER.size + len(payload) + bitstream.CRC.size != size:
+            raise VqaudioError(f"{path}: {len(payload)} bytes of codes do not hold {header.frames} x "
+                               f"{header.levels} codes; {again}")
+        return bitstream.unpack_codes(payload, header.frames, header.levels, header.num_codes), meta
+    from vqaudio import entropy as coder
+
+    prior, config = coder.load_entropy_prior(codec)
+    if config["model_id"] != header.prior_id:
+        raise VqaudioError(f"{path}: entropy-coded with another entropy prior (id {header.prior_id}, "
+                           f"this model's is {config['model_id']}); decode with the model folder that "
+                           "encoded it (--model)")
+    needs = bitstream.decoding_needs()
+    if header.needs != needs:
+        raise VqaudioError(f"{path}: exact decoding of entropy-coded codes needs '{header.needs}', this is "
+                           f"'{needs}'; decode where it was encoded, or encode without --entropy")
+    try:
+        codes = coder.decode(prior, payload, header.frames, header.levels)
+    except ValueError as e:
+        raise VqaudioError(f"{path}: {e}; {again}") from None
+    return codes, meta
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
             codes, meta = data["codes"], json.loads(data["meta"].tobytes().decode())
@@ -178,10 +268,19 @@ def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int, float]:
         # EOFError: an empty file; BadZipFile: a truncated or damaged .npz (a zip archive).
         raise VqaudioError(f"{path}: not a vqaudio codes file, or a damaged one ({type(e).__name__}); "
                            "make it again with 'vqaudio encode'") from None
-    if meta.get("model_id") != codec.config["model_id"]:
-        raise VqaudioError(f"{path}: these codes come from another model (id {meta.get('model_id')}, "
+    return codes, meta
+
+
+def _check_model(path: Path, codec: Codec, model_id) -> None:
+    if model_id != codec.config["model_id"]:
+        raise VqaudioError(f"{path}: these codes come from another model (id {model_id}, "
                            f"this model is {codec.config['model_id']}); decode with the model that "
                            "encoded them (--model)")
+
+
+def _checked(path: Path, codec: Codec, codes: np.ndarray, meta: dict) -> tuple[np.ndarray, int, float]:
+    """The checks both formats share: model, shape, range, length, gain."""
+    _check_model(path, codec, meta.get("model_id"))
     again = "the file is damaged; make it again with 'vqaudio encode'"
     if (codes.ndim != 2 or not 1 <= codes.shape[1] <= codec.max_levels
             or not np.issubdtype(codes.dtype, np.integer)):
