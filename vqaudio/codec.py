@@ -250,11 +250,7 @@ def _read_vqc(path: Path, codec: Codec) -> tuple[np.ndarray, dict]:
     if header.needs != needs:
         raise VqaudioError(f"{path}: exact decoding of entropy-coded codes needs '{header.needs}', this is "
                            f"'{needs}'; decode where it was encoded, or encode without --entropy")
-    try:
-        codes = coder.decode(prior, payload, header.frames, header.levels)
-    except ValueError as e:
-        raise VqaudioError(f"{path}: {e}; {again}") from None
-    return codes, meta
+    return coder.decode(prior, payload, header.frames, header.levels), meta
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, dict]:
