@@ -125,8 +125,8 @@ def test_bit_packing_round_trip(num_codes):
 
 
 def test_header_layout_is_fixed():
-    assert bitstream.HEADER.size == 60 and bitstream.MAGIC == b"VQC\0"
-    assert bitstream.plain_size(1761, 2, 512) == 60 + math.ceil(1761 * 2 * 9 / 8) + 4
+    assert bitstream.HEADER.size == 38 and bitstream.ENTROPY.size == 12 and bitstream.MAGIC == b"VQC\0"
+    assert bitstream.plain_size(1761, 2, 512) == 38 + math.ceil(1761 * 2 * 9 / 8) + 4
 
 
 def encode_in_process(model, src, dst, **kw):
@@ -172,8 +172,8 @@ def test_real_files_decode_identically_from_every_format(model, tmp_path, src):
         np.testing.assert_array_equal(c, codes)
         assert (n, g) == (length, gain)  # the gain exactly: float64 in both
     assert plain["bytes"] == bitstream.plain_size(codes.shape[0], 2, 512) == (tmp_path / "a.vqc").stat().st_size
-    # nominal bitrate x duration (rounded up to whole frames) + header and checksum (64 bytes)
-    assert plain["bytes"] * 8 <= codec.bitrate(2) * (length + codec.hop) / codec.sample_rate + 64 * 8 + 8
+    # nominal bitrate x duration (rounded up to whole frames) + header and checksum (42 bytes)
+    assert plain["bytes"] * 8 <= codec.bitrate(2) * (length + codec.hop) / codec.sample_rate + 42 * 8 + 8
     assert coded["bytes"] == (tmp_path / "e.vqc").stat().st_size
     old = old_npz(tmp_path / "old.npz", model, codes, length, gain)
     reference = decoded(model, old, tmp_path)  # what decode gave before the .vqc format
@@ -225,7 +225,7 @@ def coded_files(model, tmp_path_factory):
     return (folder / "a.vqc").read_bytes(), (folder / "e.vqc").read_bytes()
 
 
-NEEDS_AT = bitstream.HEADER.size + 1  # the entropy-coded file's requirement text
+NEEDS_AT = bitstream.HEADER.size + 8  # the entropy-coded file's fingerprint of what decoding needs
 
 DAMAGE = {
     # name: (which file, how to damage its bytes, what the error line says)
@@ -236,11 +236,13 @@ DAMAGE = {
     "one_byte_too_many": ("a", lambda d: d + b"\0", "longer than its header says"),
     "flipped_payload_byte": ("a", lambda d: d[:70] + bytes([d[70] ^ 0x10]) + d[71:], "checksum mismatch"),
     "flipped_entropy_byte": ("e", lambda d: d[:-6] + bytes([d[-6] ^ 1]) + d[-5:], "checksum mismatch"),
-    "flipped_header_byte": ("a", lambda d: d[:40] + bytes([d[40] ^ 1]) + d[41:], "checksum mismatch"),
+    "flipped_header_byte": ("a", lambda d: d[:30] + bytes([d[30] ^ 1]) + d[31:], "checksum mismatch"),
     "wrong_version": ("a", lambda d: patched(d, 4, b"\x02"), "format version 2"),
     "wrong_model": ("a", lambda d: patched(d, 8, bytes(8)), "come from another model"),
     "wrong_levels": ("a", lambda d: patched(d, 6, b"\x09"), "levels"),
-    "wrong_needs": ("e", lambda d: patched(d, NEEDS_AT, b"torch 0.0.0"), "exact decoding", "needs 'torch 0.0.0"),
+    "wrong_needs": ("e", lambda d: patched(d, NEEDS_AT, bytes(4)), "exact decoding", "fingerprint 00000000",
+                    "encode without --entropy"),
+    "zero_length": ("a", lambda d: patched(d, 22, bytes(4)), "0 samples"),
 }
 
 

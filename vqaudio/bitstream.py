@@ -2,22 +2,22 @@
 
 Layout (all little-endian)::
 
-    header   HEADER (56 bytes): magic b"VQC\\0", format version, flags, levels, prior levels,
-             model id (8 bytes: the 16 hex digits of the VQ-VAE's model_id), entropy prior id
-             (8 bytes, zeros when plain), sample rate, hop, num_codes, frames, original length
-             in samples, input gain (float64, so decoding gives exactly the samples the .npz
-             gave), payload bytes
-    needs    entropy-coded files only: one length byte + ASCII text naming what exact decoding
-             needs (see ``decoding_needs``)
+    header   HEADER (38 bytes): magic b"VQC\0", format version, flags (bit 0: entropy-coded),
+             levels, levels the prior coded, model id (8 bytes: the 16 hex digits of the
+             VQ-VAE's model_id), sample rate, hop, original length in samples (the frames
+             are ceil(length / hop)), input gain (float64, so decoding gives exactly the
+             samples the .npz gave), payload bytes
+    entropy  entropy-coded files only (ENTROPY, 12 bytes): the entropy prior's model id and a
+             fingerprint (CRC32) of what exact decoding needs (``decoding_needs``)
     payload  plain: the codes row-major over (frames, levels), ceil(log2 K) bits each, most
              significant bit first, zero-padded to a whole byte; entropy-coded: the arithmetic
              coder's bits (vqaudio/entropy.py)
     crc32    zlib.crc32 of everything before it
 
-So a plain file is exactly ``HEADER.size + 4 + ceil(frames · levels · bits / 8)`` bytes: the
-nominal bitrate × duration plus 60 bytes. Readers check, in this order, the size, the magic,
-the version, the payload length, the checksum, then the model: a damaged file is refused with
-one message, never decoded into noise.
+So a plain file is exactly ``42 + ceil(frames · levels · bits / 8)`` bytes: the nominal
+bitrate × duration (in whole frames) plus 42 bytes; an entropy-coded one has 54 bytes of
+overhead. Readers check, in this order, the magic, the version, the size, the checksum, then
+(codec.py) the model: a damaged file is refused with one message, never decoded into noise.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ MAGIC = b"VQC\0"
 VERSION = 1
 SUFFIX = ".vqc"
 FLAG_ENTROPY = 1
-HEADER = struct.Struct("<4sBBBB8s8sIIIIQdI")
+HEADER = struct.Struct("<4sBBBB8sIHIdI")
+ENTROPY = struct.Struct("<8sI")
 CRC = struct.Struct("<I")
 AGAIN = "the file is damaged; make it again with 'vqaudio encode'"
 
@@ -46,18 +47,20 @@ class Header:
     model_id: str  # 16 hex digits
     sample_rate: int
     hop: int
-    num_codes: int
-    frames: int
     levels: int
     length: int  # samples of the original audio at the model rate
     gain: float  # the input gain the codes were encoded with (decoding divides by it)
     prior_id: str = ""  # the entropy prior's model_id; "" = plain bit-packed codes
     prior_levels: int = 0  # levels the prior coded (the rest: uniform frequencies)
-    needs: str = ""  # what exact entropy decoding needs (torch build, CPU); "" when plain
+    needs: int = 0  # fingerprint of what exact entropy decoding needs; 0 when plain
 
     @property
     def entropy(self) -> bool:
         return bool(self.prior_id)
+
+    @property
+    def frames(self) -> int:
+        return -(-self.length // self.hop)
 
 
 def bits_per_code(num_codes: int) -> int:
@@ -85,17 +88,15 @@ def unpack_codes(data: bytes, frames: int, levels: int, num_codes: int) -> np.nd
 
 
 def to_bytes(header: Header, payload: bytes) -> bytes:
-    """The whole file: header, needs (entropy only), payload, CRC32 of all before it."""
+    """The whole file: header, entropy fields (entropy only), payload, CRC32 of all before it."""
     try:
-        model_id, prior_id = bytes.fromhex(header.model_id), bytes.fromhex(header.prior_id or "0" * 16)
-        needs = header.needs.encode("ascii")
         head = HEADER.pack(MAGIC, VERSION, FLAG_ENTROPY if header.entropy else 0, header.levels,
-                           header.prior_levels, model_id, prior_id, header.sample_rate, header.hop,
-                           header.num_codes, header.frames, header.length, header.gain, len(payload))
+                           header.prior_levels, bytes.fromhex(header.model_id), header.sample_rate,
+                           header.hop, header.length, header.gain, len(payload))
+        if header.entropy:
+            head += ENTROPY.pack(bytes.fromhex(header.prior_id), header.needs)
     except (struct.error, ValueError) as e:  # a model id that is not 16 hex digits, a field too big
         raise VqaudioError(f"cannot write these codes as {SUFFIX} ({e}); use --format npz") from None
-    if header.entropy:
-        head += bytes([len(needs)]) + needs
     body = head + payload
     return body + CRC.pack(zlib.crc32(body))
 
@@ -111,13 +112,9 @@ def from_bytes(data: bytes, where: str) -> tuple[Header, bytes]:
                            f"version {VERSION}; decode it with the vqaudio that wrote it, or encode again")
     if len(data) < HEADER.size + CRC.size:
         raise VqaudioError(f"{where}: truncated ({len(data)} bytes, shorter than the header); {AGAIN}")
-    (_, _, flags, levels, prior_levels, model_id, prior_id, rate, hop, num_codes, frames, length,
-     gain, payload_bytes) = HEADER.unpack_from(data)
-    offset, needs = HEADER.size, ""
-    if flags & FLAG_ENTROPY:
-        n = data[offset]
-        needs = data[offset + 1: offset + 1 + n].decode("ascii", errors="replace")
-        offset += 1 + n
+    (_, _, flags, levels, prior_levels, model_id, rate, hop, length, gain,
+     payload_bytes) = HEADER.unpack_from(data)
+    offset = HEADER.size + (ENTROPY.size if flags & FLAG_ENTROPY else 0)
     expected = offset + payload_bytes + CRC.size
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
@@ -125,8 +122,10 @@ def from_bytes(data: bytes, where: str) -> tuple[Header, bytes]:
     (crc,) = CRC.unpack_from(data, expected - CRC.size)
     if crc != zlib.crc32(data[: expected - CRC.size]):
         raise VqaudioError(f"{where}: checksum mismatch (CRC32); {AGAIN}")
-    header = Header(model_id.hex(), rate, hop, num_codes, frames, levels, length, gain,
-                    prior_id.hex() if flags & FLAG_ENTROPY else "", prior_levels, needs)
+    prior_id, needs = ENTROPY.unpack_from(data, HEADER.size) if flags & FLAG_ENTROPY else (b"", 0)
+    header = Header(model_id.hex(), rate, hop, levels, length, gain, prior_id.hex(), prior_levels, needs)
+    if header.hop == 0 or header.length == 0:
+        raise VqaudioError(f"{where}: header says hop {hop}, {length} samples; {AGAIN}")
     return header, data[offset: offset + payload_bytes]
 
 
@@ -137,10 +136,15 @@ def read_file(path: Path) -> tuple[Header, bytes]:
 def decoding_needs() -> str:
     """What makes the prior's float probabilities, hence the integer frequency tables,
     bit-identical between encoder and decoder: the torch build and the CPU kernels it
-    dispatches to (the coder itself runs the prior on one thread, so the thread count is fixed)."""
+    dispatches to (the coder runs the prior on one thread, so the thread count is fixed).
+    The header stores its ``fingerprint``."""
     import platform
 
     import torch
 
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-    return f"torch {torch.__version__} cpu {capability} {platform.machine()} threads 1"
+    return f"torch {torch.__version__}, cpu {capability}, {platform.machine()}, 1 thread"
+
+
+def fingerprint(needs: str) -> int:
+    return zlib.crc32(needs.encode())

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +34,7 @@ class Codec:
     model: VQVAE
     config: dict
     path: Path
+    _entropy: tuple | None = field(default=None, repr=False)  # (prior, config), loaded once
 
     @property
     def sample_rate(self) -> int:
@@ -66,6 +67,15 @@ class Codec:
                                    f"bitrate, {self.bitrate(1) / 1000:.3g} kb/s (1 level)")
             return fitting[-1]
         return self.max_levels
+
+    def entropy_prior(self) -> tuple:
+        """(prior, config) of the entropy prior beside this model (``entropy_prior/``), loaded
+        on first use; VqaudioError when there is none or it does not fit."""
+        if self._entropy is None:
+            from vqaudio.entropy import load_entropy_prior
+
+            self._entropy = load_entropy_prior(self)
+        return self._entropy
 
     def gain(self, input_peak: float) -> float:
         """Input gain that matches the peak level the model was trained at (outputs are
@@ -185,16 +195,17 @@ def _npz_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float) -> byt
 def _vqc_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float, entropy_prior: tuple | None) -> bytes:
     from vqaudio import bitstream
 
-    frames, levels = codes.shape
-    header = bitstream.Header(codec.config["model_id"], codec.sample_rate, codec.hop,
-                              codec.config["num_codes"], frames, levels, int(length), float(gain))
+    header = bitstream.Header(codec.config["model_id"], codec.sample_rate, codec.hop, codes.shape[1],
+                              int(length), float(gain))
+    if codes.shape[0] != header.frames:  # the reader counts ceil(length / hop) frames
+        raise VqaudioError(f"{codes.shape[0]} frames of codes for {length} samples: expected {header.frames}")
     if entropy_prior is None:
         return bitstream.to_bytes(header, bitstream.pack_codes(codes, codec.config["num_codes"]))
     from vqaudio import entropy as coder
 
     prior, config = entropy_prior
-    header = dataclasses.replace(header, prior_id=config["model_id"], needs=bitstream.decoding_needs(),
-                                 prior_levels=min(levels, prior.levels))
+    header = dataclasses.replace(header, prior_id=config["model_id"], prior_levels=min(codes.shape[1], prior.levels),
+                                 needs=bitstream.fingerprint(bitstream.decoding_needs()))
     return bitstream.to_bytes(header, coder.encode(prior, codes))
 
 
@@ -226,30 +237,29 @@ def _read_vqc(path: Path, codec: Codec) -> tuple[np.ndarray, dict]:
     _check_model(path, codec, header.model_id)
     meta = {"model_id": header.model_id, "length": header.length, "gain": header.gain}
     again = "the file is damaged; make it again with 'vqaudio encode'"
-    if (header.sample_rate, header.hop, header.num_codes) != (codec.sample_rate, codec.hop, codec.config["num_codes"]):
-        raise VqaudioError(f"{path}: header says {header.sample_rate} Hz, hop {header.hop}, {header.num_codes} "
-                           f"codes, but the model has {codec.sample_rate} Hz, hop {codec.hop}, "
-                           f"{codec.config['num_codes']} codes; {again}")
-    if not 1 <= header.levels <= codec.max_levels or header.frames < 1:
-        raise VqaudioError(f"{path}: header says {header.frames} frames of {header.levels} levels, expected "
-                           f"1..{codec.max_levels} levels; {again}")
+    k = codec.config["num_codes"]
+    if (header.sample_rate, header.hop) != (codec.sample_rate, codec.hop):
+        raise VqaudioError(f"{path}: header says {header.sample_rate} Hz, hop {header.hop}, but the model has "
+                           f"{codec.sample_rate} Hz, hop {codec.hop}; {again}")
+    if not 1 <= header.levels <= codec.max_levels:
+        raise VqaudioError(f"{path}: header says {header.levels} levels, expected 1..{codec.max_levels}; {again}")
     if not header.entropy:
-        size = bitstream.plain_size(header.frames, header.levels, header.num_codes)
-        if bitstream.HEADER.size + len(payload) + bitstream.CRC.size != size:
+        if bitstream.plain_size(header.frames, header.levels, k) != bitstream.HEADER.size + len(payload) + bitstream.CRC.size:
             raise VqaudioError(f"{path}: {len(payload)} bytes of codes do not hold {header.frames} x "
                                f"{header.levels} codes; {again}")
-        return bitstream.unpack_codes(payload, header.frames, header.levels, header.num_codes), meta
-    from vqaudio import entropy as coder
-
-    prior, config = coder.load_entropy_prior(codec)
+        return bitstream.unpack_codes(payload, header.frames, header.levels, k), meta
+    prior, config = codec.entropy_prior()
     if config["model_id"] != header.prior_id:
         raise VqaudioError(f"{path}: entropy-coded with another entropy prior (id {header.prior_id}, "
                            f"this model's is {config['model_id']}); decode with the model folder that "
                            "encoded it (--model)")
     needs = bitstream.decoding_needs()
-    if header.needs != needs:
-        raise VqaudioError(f"{path}: exact decoding of entropy-coded codes needs '{header.needs}', this is "
-                           f"'{needs}'; decode where it was encoded, or encode without --entropy")
+    if header.needs != bitstream.fingerprint(needs):
+        raise VqaudioError(f"{path}: exact decoding of entropy-coded codes needs the torch build and CPU "
+                           f"they were encoded with (fingerprint {header.needs:08x}); this is {needs} "
+                           f"({bitstream.fingerprint(needs):08x}); decode there, or encode without --entropy")
+    from vqaudio import entropy as coder
+
     return coder.decode(prior, payload, header.frames, header.levels), meta
 
 

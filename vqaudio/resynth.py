@@ -199,9 +199,7 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
     if entropy:
         if fmt == "npz":
             raise VqaudioError("--entropy needs the compact format; leave out --format npz and write a .vqc file")
-        from vqaudio.entropy import load_entropy_prior
-
-        prior = load_entropy_prior(codec)  # a missing or misfit prior fails before any work
+        prior = codec.entropy_prior()  # a missing or misfit prior fails before any work
     hop, pieces, length = codec.hop, [], 0
     gain = _file_gain(codec, Path(src))
     with torch.no_grad():
