@@ -164,7 +164,7 @@ def test_real_files_decode_identically_from_every_format(model, tmp_path, src):
     src = tmp_path / f"in{src.suffix}"
     sf.write(src, wav, rate)
     plain = encode_in_process(model, src, tmp_path / "a.vqc")
-    coded = encode_in_process(model, src, tmp_path / "e.vqc", entropy=True)
+    coded = encode_in_process(model, src, tmp_path / "e.vqc", fmt="vqc", entropy=True)
     npz = encode_in_process(model, src, tmp_path / "n.npz")
     codes, length, gain = load_codes(tmp_path / "a.vqc", codec)
     for other in ("e.vqc", "n.npz"):
