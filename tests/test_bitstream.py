@@ -18,6 +18,7 @@ import torch
 
 from test_cli import ROOT, vqaudio
 from vqaudio import bitstream, entropy
+from vqaudio.priors import fixed_point
 from vqaudio.priors.wavenet import WaveNetPrior
 
 FSDD = ROOT / "data" / "fsdd" / "3_yweweler_7.wav"
@@ -103,15 +104,63 @@ def test_flat_tables_cost_log2_k_bits(symbols):
 
 @pytest.mark.parametrize("logits", ["uniform", "peaked", "huge"])
 def test_frequencies_floor_one_and_a_fixed_total(logits):
-    k = 512
-    x = {"uniform": torch.zeros(k), "peaked": torch.arange(k, dtype=torch.float32) / 20,
-         "huge": torch.full((k,), -1e30).index_fill(0, torch.tensor([3]), 1e30)}[logits]
-    f = entropy.frequencies(x)
+    k, one = 512, fixed_point.ONE  # fixed-point logits: integers scaled by 2^12
+    x = {"uniform": torch.zeros(k, dtype=torch.float64),
+         "peaked": torch.arange(k, dtype=torch.float64) * one / 20,
+         "huge": torch.full((k,), -fixed_point.LIMIT, dtype=torch.float64).index_fill(0, torch.tensor([3]), fixed_point.LIMIT)}[logits]
+    f = fixed_point.frequencies(x, entropy.TOTAL)
     assert f.sum() == entropy.TOTAL and f.min() >= 1 and f.dtype == np.int64
     if logits == "uniform":
         assert f.max() - f.min() <= k  # 127 each; flooring's leftovers go to code 0
     if logits == "huge":
         assert f[3] == entropy.TOTAL - (k - 1)
+
+
+def test_fixed_point_linear_is_exact_at_its_bounds_in_any_order():
+    """The float64 matmul of fixed-point integers equals the int64 result, whatever the order
+    of the sum: the largest inputs, weights and widths the module allows stay below 2^53."""
+    n, lim, wmax = fixed_point.MAX_INPUTS, int(fixed_point.LIMIT), int(fixed_point.MAX_WEIGHT * fixed_point.ONE) - 1
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-lim, lim + 1, (1, n), generator=g)
+    x[0, :8] = lim  # worst case: every product at its largest, all of one sign
+    w = torch.randint(-wmax, wmax + 1, (n, 6), generator=g)
+    w[:, 0] = wmax
+    b = torch.randint(-2 ** 40, 2 ** 40, (6,), generator=g)
+    arith = fixed_point.FixedPoint(random_prior())
+    exact = torch.div(b + x @ w, 1 << fixed_point.FRAC, rounding_mode="floor").clamp(-lim, lim)
+    y = arith.linear(b.double(), x.double(), w.double())
+    assert torch.equal(y.long(), exact)
+    order = torch.randperm(n, generator=g)
+    assert torch.equal(arith.linear(b.double(), x[:, order].double(), w[order].double()), y)
+
+
+def test_fixed_point_tables_are_frozen():
+    """Changing the lookup tables orphans every entropy-coded file: bump the format deliberately."""
+    assert fixed_point.FINGERPRINT == 0x3DDB5450
+
+
+def test_fixed_point_costs_next_to_nothing_and_ignores_threads():
+    prior = random_prior()
+    codes = prior.generate(1, 150)[0].numpy()
+    with torch.no_grad():
+        float_bits = prior.nll(torch.from_numpy(codes)[None]).item() / math.log(2) * codes.size
+    data = entropy.encode(prior, codes)
+    assert len(data) * 8 <= float_bits * 1.01 + 16
+    torch.set_num_threads(2)
+    try:
+        assert entropy.encode(prior, codes) == data
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_prior_too_large_for_fixed_point_is_refused():
+    from vqaudio.errors import VqaudioError
+
+    prior = random_prior()
+    with torch.no_grad():
+        prior.post.weight[0, 0, 0] = 300.0
+    with pytest.raises(VqaudioError, match="cannot be run in fixed point"):
+        entropy.encode(prior, np.zeros((2, 2), dtype=np.int64))
 
 
 # -- the file format --------------------------------------------------------------------------------
@@ -225,7 +274,7 @@ def coded_files(model, tmp_path_factory):
     return (folder / "a.vqc").read_bytes(), (folder / "e.vqc").read_bytes()
 
 
-NEEDS_AT = bitstream.HEADER.size + 8  # the entropy-coded file's fingerprint of what decoding needs
+TABLES_AT = bitstream.HEADER.size + 8  # the entropy-coded file's fingerprint of the fixed-point tables
 
 DAMAGE = {
     # name: (which file, how to damage its bytes, what the error line says)
@@ -240,8 +289,8 @@ DAMAGE = {
     "wrong_version": ("a", lambda d: patched(d, 4, b"\x02"), "format version 2"),
     "wrong_model": ("a", lambda d: patched(d, 8, bytes(8)), "come from another model"),
     "wrong_levels": ("a", lambda d: patched(d, 6, b"\x09"), "levels"),
-    "wrong_needs": ("e", lambda d: patched(d, NEEDS_AT, bytes(4)), "exact decoding", "fingerprint 00000000",
-                    "encode without --entropy"),
+    "other_tables": ("e", lambda d: patched(d, TABLES_AT, bytes(4)), "other fixed-point tables",
+                     "fingerprint 00000000", "encode without --entropy"),
     "zero_length": ("a", lambda d: patched(d, 22, bytes(4)), "0 samples"),
 }
 

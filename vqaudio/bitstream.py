@@ -7,8 +7,8 @@ Layout (all little-endian)::
              VQ-VAE's model_id), sample rate, hop, original length in samples (the frames
              are ceil(length / hop)), input gain (float64, so decoding gives exactly the
              samples the .npz gave), payload bytes
-    entropy  entropy-coded files only (ENTROPY, 12 bytes): the entropy prior's model id and a
-             fingerprint (CRC32) of what exact decoding needs (``decoding_needs``)
+    entropy  entropy-coded files only (ENTROPY, 12 bytes): the entropy prior's model id and the
+             fingerprint of the fixed-point tables the prior ran with (priors/fixed_point.py)
     payload  plain: the codes row-major over (frames, levels), ceil(log2 K) bits each, most
              significant bit first, zero-padded to a whole byte; entropy-coded: the arithmetic
              coder's bits (vqaudio/entropy.py)
@@ -52,7 +52,7 @@ class Header:
     gain: float  # the input gain the codes were encoded with (decoding divides by it)
     prior_id: str = ""  # the entropy prior's model_id; "" = plain bit-packed codes
     prior_levels: int = 0  # levels the prior coded (the rest: uniform frequencies)
-    needs: int = 0  # fingerprint of what exact entropy decoding needs; 0 when plain
+    tables: int = 0  # fixed_point.FINGERPRINT of the encoder; 0 when plain
 
     @property
     def entropy(self) -> bool:
@@ -94,7 +94,7 @@ def to_bytes(header: Header, payload: bytes) -> bytes:
                            header.prior_levels, bytes.fromhex(header.model_id), header.sample_rate,
                            header.hop, header.length, header.gain, len(payload))
         if header.entropy:
-            head += ENTROPY.pack(bytes.fromhex(header.prior_id), header.needs)
+            head += ENTROPY.pack(bytes.fromhex(header.prior_id), header.tables)
     except (struct.error, ValueError) as e:  # a model id that is not 16 hex digits, a field too big
         raise VqaudioError(f"cannot write these codes as {SUFFIX} ({e}); use --format npz") from None
     body = head + payload
@@ -122,8 +122,8 @@ def from_bytes(data: bytes, where: str) -> tuple[Header, bytes]:
     (crc,) = CRC.unpack_from(data, expected - CRC.size)
     if crc != zlib.crc32(data[: expected - CRC.size]):
         raise VqaudioError(f"{where}: checksum mismatch (CRC32); {AGAIN}")
-    prior_id, needs = ENTROPY.unpack_from(data, HEADER.size) if flags & FLAG_ENTROPY else (b"", 0)
-    header = Header(model_id.hex(), rate, hop, levels, length, gain, prior_id.hex(), prior_levels, needs)
+    prior_id, tables = ENTROPY.unpack_from(data, HEADER.size) if flags & FLAG_ENTROPY else (b"", 0)
+    header = Header(model_id.hex(), rate, hop, levels, length, gain, prior_id.hex(), prior_levels, tables)
     if header.hop == 0 or header.length == 0:
         raise VqaudioError(f"{where}: header says hop {hop}, {length} samples; {AGAIN}")
     return header, data[offset: offset + payload_bytes]
@@ -131,20 +131,3 @@ def from_bytes(data: bytes, where: str) -> tuple[Header, bytes]:
 
 def read_file(path: Path) -> tuple[Header, bytes]:
     return from_bytes(Path(path).read_bytes(), str(path))
-
-
-def decoding_needs() -> str:
-    """What makes the prior's float probabilities, hence the integer frequency tables,
-    bit-identical between encoder and decoder: the torch build and the CPU kernels it
-    dispatches to (the coder runs the prior on one thread, so the thread count is fixed).
-    The header stores its ``fingerprint``."""
-    import platform
-
-    import torch
-
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-    return f"torch {torch.__version__}, cpu {capability}, {platform.machine()}, 1 thread"
-
-
-def fingerprint(needs: str) -> int:
-    return zlib.crc32(needs.encode())

@@ -202,10 +202,11 @@ def _vqc_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float, entrop
     if entropy_prior is None:
         return bitstream.to_bytes(header, bitstream.pack_codes(codes, codec.config["num_codes"]))
     from vqaudio import entropy as coder
+    from vqaudio.priors.fixed_point import FINGERPRINT
 
     prior, config = entropy_prior
     header = dataclasses.replace(header, prior_id=config["model_id"], prior_levels=min(codes.shape[1], prior.levels),
-                                 needs=bitstream.fingerprint(bitstream.decoding_needs()))
+                                 tables=FINGERPRINT)
     return bitstream.to_bytes(header, coder.encode(prior, codes))
 
 
@@ -248,16 +249,17 @@ def _read_vqc(path: Path, codec: Codec) -> tuple[np.ndarray, dict]:
             raise VqaudioError(f"{path}: {len(payload)} bytes of codes do not hold {header.frames} x "
                                f"{header.levels} codes; {again}")
         return bitstream.unpack_codes(payload, header.frames, header.levels, k), meta
+    from vqaudio.priors.fixed_point import FINGERPRINT
+
     prior, config = codec.entropy_prior()
     if config["model_id"] != header.prior_id:
         raise VqaudioError(f"{path}: entropy-coded with another entropy prior (id {header.prior_id}, "
                            f"this model's is {config['model_id']}); decode with the model folder that "
                            "encoded it (--model)")
-    needs = bitstream.decoding_needs()
-    if header.needs != bitstream.fingerprint(needs):
-        raise VqaudioError(f"{path}: exact decoding of entropy-coded codes needs the torch build and CPU "
-                           f"they were encoded with (fingerprint {header.needs:08x}); this is {needs} "
-                           f"({bitstream.fingerprint(needs):08x}); decode there, or encode without --entropy")
+    if header.tables != FINGERPRINT:
+        raise VqaudioError(f"{path}: entropy-coded with other fixed-point tables (fingerprint {header.tables:08x}, "
+                           f"this vqaudio's are {FINGERPRINT:08x}); decode with the vqaudio version that "
+                           "encoded it, or encode without --entropy")
     from vqaudio import entropy as coder
 
     return coder.decode(prior, payload, header.frames, header.levels), meta

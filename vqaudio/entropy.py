@@ -4,13 +4,13 @@ The coder is the classic integer arithmetic coder (Witten, Neal & Cleary, CACM 1
 formulation of Nayuki's Reference-arithmetic-coding: 32-bit low/high, underflow bits), pure
 Python: a few bits per code at 250 codes/s is far from its limit; the prior is the cost.
 
-Probabilities to tables: ``frequencies`` turns a prior's logits (float32) into integers with
-a floor of 1 per symbol (every code stays codable, at most 16 bits) and a fixed total of
-2^16, computed the same way in the encoder and the decoder. Both run the prior frame by frame
-through the same cached step (``WaveNetPrior.stepper``) on one thread, so frame t's table is
-computed from the same inputs by the same code on both sides. What is left that can move the
-float results is the torch build and the CPU kernels it picks; the .vqc header records them
-(``bitstream.decoding_needs``) and decoding refuses a mismatch instead of decoding garbage.
+Probabilities to tables: the encoder and the decoder run the prior frame by frame through the
+same cached step (``WaveNetPrior.stepper``) in exact fixed-point arithmetic
+(priors/fixed_point.py), and turn its integer logits into integer frequency tables (a floor of
+1 per code, so every code stays codable at ≤ 16 bits, and a fixed total of 2^16) by integer
+operations. Nothing depends on float rounding, thread count, CPU or torch build: the tables,
+hence the decoded codes, are the same on every machine. The header records the fixed-point
+lookup tables' fingerprint (``fixed_point.FINGERPRINT``) and decoding refuses another.
 
 Levels: a prior over L_p levels codes the first min(L, L_p) levels of each frame with its
 probabilities; further levels are coded flat (uniform frequencies: log2 K bits each). With
@@ -19,37 +19,21 @@ L < L_p the prior's input for a frame sums the embeddings of the levels present.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from vqaudio.errors import VqaudioError
+from vqaudio.priors.fixed_point import FixedPoint, frequencies
 from vqaudio.priors.wavenet import WaveNetPrior
 
-TOTAL_BITS = 16
-TOTAL = 1 << TOTAL_BITS  # every table sums to this
+TOTAL = 1 << 16  # every table sums to this
 STATE_BITS = 32
 _FULL = (1 << STATE_BITS) - 1
 _HALF = 1 << (STATE_BITS - 1)
 _QUARTER = _HALF >> 1
 ENTROPY_PRIOR = "entropy_prior"  # the optional folder beside a model's vqvae/ and prior/
-
-
-def frequencies(logits: Tensor) -> np.ndarray:
-    """Integer table (K,) int64 from logits (K,): ``1 + floor(p · (TOTAL - K))`` with p the
-    softmax in float64, and the few units lost to flooring given to the most likely code
-    (the first one on ties), so the table sums to exactly TOTAL."""
-    k = logits.shape[-1]
-    if k > TOTAL // 2:
-        raise ValueError(f"{k} codes do not fit a frequency total of {TOTAL}")
-    p = torch.softmax(logits.detach().to(torch.float64).reshape(k), -1).numpy()
-    f = 1 + np.floor(p * (TOTAL - k)).astype(np.int64)
-    f[int(np.argmax(f))] += TOTAL - int(f.sum())
-    return f
 
 
 class ArithmeticEncoder:
@@ -114,20 +98,15 @@ class ArithmeticDecoder:
         return s
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """The prior runs on one thread while coding: the tables must not depend on how a
-    reduction was split across threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _cumulative(f: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(f)])
+
+
+def _stepper(prior: WaveNetPrior):
+    try:
+        return prior.stepper(1, arith=FixedPoint(prior))
+    except ValueError as e:  # weights too large for the fixed-point range
+        raise VqaudioError(f"this entropy prior cannot be run in fixed point ({e}); retrain it") from None
 
 
 def encode(prior: WaveNetPrior, codes: np.ndarray) -> bytes:
@@ -137,17 +116,16 @@ def encode(prior: WaveNetPrior, codes: np.ndarray) -> bytes:
     k, m = prior.num_codes, min(levels, prior.levels)
     enc = ArithmeticEncoder()
     c = torch.from_numpy(codes)
-    with one_thread():
-        step = prior.stepper(1)
-        for t in range(frames):
-            h, row = step.context(), c[t: t + 1, :m]
-            for l in range(m):
-                cum = _cumulative(frequencies(step.logits(h, row, l)))
-                s = int(codes[t, l])
-                enc.encode(int(cum[s]), int(cum[s + 1]), TOTAL)
-            for l in range(m, levels):  # levels beyond the prior: flat
-                enc.encode(int(codes[t, l]), int(codes[t, l]) + 1, k)
-            step.push(row)
+    step = _stepper(prior)
+    for t in range(frames):
+        h, row = step.context(), c[t: t + 1, :m]
+        for l in range(m):
+            cum = _cumulative(frequencies(step.logits(h, row, l), TOTAL))
+            s = int(codes[t, l])
+            enc.encode(int(cum[s]), int(cum[s + 1]), TOTAL)
+        for l in range(m, levels):  # levels beyond the prior: flat
+            enc.encode(int(codes[t, l]), int(codes[t, l]) + 1, k)
+        step.push(row)
     return enc.finish()
 
 
@@ -158,16 +136,15 @@ def decode(prior: WaveNetPrior, data: bytes, frames: int, levels: int) -> np.nda
     codes = np.zeros((frames, levels), dtype=np.int64)
     flat = np.arange(k + 1)
     dec = ArithmeticDecoder(data)
-    with one_thread():
-        step = prior.stepper(1)
-        row = torch.zeros(1, m, dtype=torch.long)
-        for t in range(frames):
-            h = step.context()
-            for l in range(m):
-                row[0, l] = codes[t, l] = dec.decode(_cumulative(frequencies(step.logits(h, row, l))))
-            for l in range(m, levels):
-                codes[t, l] = dec.decode(flat)
-            step.push(row.clone())
+    step = _stepper(prior)
+    row = torch.zeros(1, m, dtype=torch.long)
+    for t in range(frames):
+        h = step.context()
+        for l in range(m):
+            row[0, l] = codes[t, l] = dec.decode(_cumulative(frequencies(step.logits(h, row, l), TOTAL)))
+        for l in range(m, levels):
+            codes[t, l] = dec.decode(flat)
+        step.push(row.clone())
     return codes
 
 

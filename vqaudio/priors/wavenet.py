@@ -122,12 +122,12 @@ class WaveNetPrior(nn.Module):
         return (ce * m).sum() / m.sum().clamp(min=1)
 
     # -- incremental generation -------------------------------------------------------------
-    def stepper(self, batch: int, labels: Tensor | None = None) -> "FrameStepper":
+    def stepper(self, batch: int, labels: Tensor | None = None, arith: "FloatArith | None" = None) -> "FrameStepper":
         """The cached frame-by-frame path (Fast WaveNet) shared by ``generate`` and the
-        entropy coder (vqaudio/entropy.py), which must compute frame t's probabilities from
-        the same inputs by the same code in its encoder and its decoder."""
+        entropy coder (vqaudio/entropy.py), which runs it in exact fixed-point ``arith``
+        (vqaudio/priors/fixed_point.py) so that its encoder and decoder agree on any machine."""
         self._check_labels(labels)
-        return FrameStepper(self, batch, labels)
+        return FrameStepper(self, batch, labels, arith or FloatArith())
 
     @torch.inference_mode()  # no autograd bookkeeping at all: ~10% faster than no_grad here
     def generate(self, batch: int, frames: int, controls: Controls = Controls(),
@@ -150,6 +150,31 @@ class WaveNetPrior(nn.Module):
         return codes
 
 
+class FloatArith:
+    """The arithmetic of ``FrameStepper``: here the model's own floats (weights as they are,
+    torch's matmul and activations). A fixed-point twin (priors/fixed_point.py) quantises the
+    weights and replaces each operation by an exact integer one."""
+
+    def weight(self, w: Tensor) -> Tensor:  # a matrix or an embedding table
+        return w
+
+    def bias(self, b: Tensor) -> Tensor:
+        return b
+
+    def linear(self, b: Tensor, x: Tensor, w_t: Tensor) -> Tensor:  # b + x @ w_t
+        return torch.addmm(b, x, w_t)
+
+    def gate(self, h: Tensor) -> Tensor:  # (B, 2C) -> (B, C)
+        a, b = h.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def relu(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+    def head(self, prior: WaveNetPrior, level: int, x: Tensor) -> Tensor:
+        return prior.heads[level](x)
+
+
 class FrameStepper:
     """One frame at a time through a WaveNetPrior's layers, O(layers) per frame.
 
@@ -160,9 +185,8 @@ class FrameStepper:
     it and the lower levels of frame t, ``push(codes_t)`` appends frame t.
     """
 
-    def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None):
-        self.prior = prior
-        device, dtype = prior.embed.weight.device, prior.embed.weight.dtype
+    def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None, arith: FloatArith):
+        self.prior, self.arith = prior, arith
         with torch.inference_mode():
             self.steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
             for layer in prior.layers:
@@ -170,39 +194,40 @@ class FrameStepper:
                 bias = layer.conv.bias.expand(batch, -1)
                 if layer.label is not None:
                     bias = bias + layer.label(labels)
-                self.steps.append((layer.dilation, torch.cat([w[:, :, 0], w[:, :, 1]], 1).t(), bias,
-                                   layer.out.weight[:, :, 0].t(), layer.out.bias))
-            self.queues = [torch.zeros(d, batch, prior.channels, device=device, dtype=dtype)
-                           for d, *_ in self.steps]
-            self.post_w, self.post_b = prior.post.weight[:, :, 0].t(), prior.post.bias
-        self.x_in = torch.zeros(batch, prior.channels, device=device, dtype=dtype)  # frame -1: zeros
+                self.steps.append((layer.dilation, arith.weight(torch.cat([w[:, :, 0], w[:, :, 1]], 1).t()),
+                                   arith.bias(bias), arith.weight(layer.out.weight[:, :, 0].t()),
+                                   arith.bias(layer.out.bias)))
+            self.post_w, self.post_b = arith.weight(prior.post.weight[:, :, 0].t()), arith.bias(prior.post.bias)
+            self.embed, self.embed_lower = arith.weight(prior.embed.weight), arith.weight(prior.embed_lower.weight)
+            self.x_in = self.embed.new_zeros(batch, prior.channels)  # frame -1: zeros
+            self.queues = [self.embed.new_zeros(d, batch, prior.channels) for d, *_ in self.steps]
         self.t = 0
 
     @torch.inference_mode()
     def context(self) -> Tensor:
         """(B, C): the summary of frames < t that every level's head of frame t reads."""
-        x, skip, t = self.x_in, None, self.t
+        x, skip, t, arith = self.x_in, None, self.t, self.arith
         for (d, w_conv, b_conv, w_out, b_out), queue in zip(self.steps, self.queues):
             pair = torch.cat([queue[t % d], x], 1)  # [x_{t-d} ‖ x_t], a copy
             queue[t % d] = x
-            h = torch.addmm(b_conv, pair, w_conv)
-            a, b = h.chunk(2, dim=1)
-            res, s = torch.addmm(b_out, torch.tanh(a) * torch.sigmoid(b), w_out).chunk(2, dim=1)
+            res, s = arith.linear(b_out, arith.gate(arith.linear(b_conv, pair, w_conv)), w_out).chunk(2, dim=1)
             x = x + res
             skip = s if skip is None else skip + s
-        return torch.addmm(self.post_b, F.relu(skip), self.post_w)  # (B, C)
+        return arith.linear(self.post_b, arith.relu(skip), self.post_w)  # (B, C)
 
     @torch.inference_mode()
     def logits(self, h: Tensor, codes_t: Tensor, level: int) -> Tensor:
         """(B, K) logits of level ``level`` at frame t; ``codes_t`` (B, ≥level) holds its lower levels."""
-        return self.prior.heads[level](h + self.prior._lower(codes_t, level))
+        if level:  # the summed embeddings of levels 0..level-1 of this frame, as WaveNetPrior._lower
+            h = h + self.embed_lower[codes_t[:, :level] + self.prior.offsets[:level]].sum(1)
+        return self.arith.head(self.prior, level, h)
 
     @torch.inference_mode()
     def push(self, codes_t: Tensor) -> None:
         """Append frame t's codes (B, L') and move to frame t+1. L' < L (fewer levels than the
         prior models) sums the embeddings of the levels given: the entropy coder's case."""
         n = codes_t.shape[1]
-        self.x_in = self.prior.embed(codes_t + self.prior.offsets[:n]).sum(1)
+        self.x_in = self.embed[codes_t + self.prior.offsets[:n]].sum(1)
         self.t += 1
 
 
