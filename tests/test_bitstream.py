@@ -118,25 +118,28 @@ def test_frequencies_floor_one_and_a_fixed_total(logits):
 
 def test_fixed_point_linear_is_exact_at_its_bounds_in_any_order():
     """The float64 matmul of fixed-point integers equals the int64 result, whatever the order
-    of the sum: the largest inputs, weights and widths the module allows stay below 2^53."""
-    n, lim, wmax = fixed_point.MAX_INPUTS, int(fixed_point.LIMIT), int(fixed_point.MAX_WEIGHT * fixed_point.ONE) - 1
+    of the sum, at the largest inputs and weights the recipes' prior shape allows (64
+    channels, 14 layers, 2 levels: 128 inputs of up to 16 clamped values each)."""
+    arith = fixed_point.FixedPoint(WaveNetPrior(512, levels=2, channels=64, cycles=2, layers_per_cycle=7))
+    n, lim, wmax = 128, 16 * int(fixed_point.LIMIT), int(fixed_point.MAX_WEIGHT * fixed_point.ONE) - 1
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-lim, lim + 1, (1, n), generator=g)
-    x[0, :8] = lim  # worst case: every product at its largest, all of one sign
     w = torch.randint(-wmax, wmax + 1, (n, 6), generator=g)
-    w[:, 0] = wmax
-    b = torch.randint(-2 ** 40, 2 ** 40, (6,), generator=g)
-    arith = fixed_point.FixedPoint(random_prior())
-    exact = torch.div(b + x @ w, 1 << fixed_point.FRAC, rounding_mode="floor").clamp(-lim, lim)
-    y = arith.linear(b.double(), x.double(), w.double())
-    assert torch.equal(y.long(), exact)
+    x[0, :], w[:, 0] = lim, wmax  # column 0: every product at its largest, all of one sign (2^51)
+    b = torch.randint(-2 ** 32, 2 ** 32, (6,), generator=g)
+    exact = torch.div(b + x @ w, 1 << fixed_point.FRAC, rounding_mode="floor").clamp(-lim // 16, lim // 16)
+    y = arith.linear(b.double().numpy(), x.double().numpy(), w.double().numpy())
+    assert torch.equal(torch.from_numpy(y).long(), exact)
     order = torch.randperm(n, generator=g)
-    assert torch.equal(arith.linear(b.double(), x[:, order].double(), w[order].double()), y)
+    np.testing.assert_array_equal(arith.linear(b.double().numpy(), x[:, order].double().numpy(),
+                                               w[order].double().numpy()), y)
+    with pytest.raises(ValueError, match="beyond 2\\^53"):  # a shape whose sums could pass 2^53
+        fixed_point.FixedPoint(WaveNetPrior(16, levels=3, channels=1024, cycles=1, layers_per_cycle=1))
 
 
 def test_fixed_point_tables_are_frozen():
     """Changing the lookup tables orphans every entropy-coded file: bump the format deliberately."""
-    assert fixed_point.FINGERPRINT == 0x3DDB5450
+    assert fixed_point.FINGERPRINT == 0xF554F6BE
 
 
 def test_fixed_point_costs_next_to_nothing_and_ignores_threads():

@@ -151,15 +151,28 @@ class WaveNetPrior(nn.Module):
 
 
 class FloatArith:
-    """The arithmetic of ``FrameStepper``: here the model's own floats (weights as they are,
-    torch's matmul and activations). A fixed-point twin (priors/fixed_point.py) quantises the
-    weights and replaces each operation by an exact integer one."""
+    """The arithmetic of ``FrameStepper``: here the model's own floats in torch tensors
+    (weights as they are, torch's matmul and activations). A fixed-point twin
+    (priors/fixed_point.py) holds quantised weights in numpy arrays and replaces each
+    operation by an exact integer one; FrameStepper touches its arrays only through these."""
 
     def weight(self, w: Tensor) -> Tensor:  # a matrix or an embedding table
         return w
 
     def bias(self, b: Tensor) -> Tensor:
         return b
+
+    def zeros(self, *shape: int, like: Tensor) -> Tensor:
+        return like.new_zeros(shape)
+
+    def cat(self, a: Tensor, b: Tensor) -> Tensor:  # along channels: (B, C) ‖ (B, C) -> (B, 2C)
+        return torch.cat([a, b], 1)
+
+    def halves(self, h: Tensor) -> tuple[Tensor, Tensor]:  # (B, 2C) -> two (B, C)
+        return h.chunk(2, dim=1)
+
+    def embed(self, table: Tensor, index: Tensor) -> Tensor:  # index (B, n) long -> (B, C): rows summed
+        return table[index].sum(1)
 
     def linear(self, b: Tensor, x: Tensor, w_t: Tensor) -> Tensor:  # b + x @ w_t
         return torch.addmm(b, x, w_t)
@@ -182,7 +195,8 @@ class FrameStepper:
     ``t % d`` holds the input from frame ``t - d`` (zeros before the start, like the padding
     of ``forward``); it is read, then overwritten with frame t's input. Per frame:
     ``h = context()`` summarises frames < t, ``logits(h, codes_t, l)`` predicts level l from
-    it and the lower levels of frame t, ``push(codes_t)`` appends frame t.
+    it and the lower levels of frame t, ``push(codes_t)`` appends frame t. Codes are torch
+    long tensors; activations are whatever ``arith`` computes in.
     """
 
     def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None, arith: FloatArith):
@@ -199,27 +213,27 @@ class FrameStepper:
                                    arith.bias(layer.out.bias)))
             self.post_w, self.post_b = arith.weight(prior.post.weight[:, :, 0].t()), arith.bias(prior.post.bias)
             self.embed, self.embed_lower = arith.weight(prior.embed.weight), arith.weight(prior.embed_lower.weight)
-            self.x_in = self.embed.new_zeros(batch, prior.channels)  # frame -1: zeros
-            self.queues = [self.embed.new_zeros(d, batch, prior.channels) for d, *_ in self.steps]
+            self.x_in = arith.zeros(batch, prior.channels, like=self.embed)  # frame -1: zeros
+            self.queues = [arith.zeros(d, batch, prior.channels, like=self.embed) for d, *_ in self.steps]
         self.t = 0
 
     @torch.inference_mode()
-    def context(self) -> Tensor:
+    def context(self):
         """(B, C): the summary of frames < t that every level's head of frame t reads."""
         x, skip, t, arith = self.x_in, None, self.t, self.arith
         for (d, w_conv, b_conv, w_out, b_out), queue in zip(self.steps, self.queues):
-            pair = torch.cat([queue[t % d], x], 1)  # [x_{t-d} ‖ x_t], a copy
+            pair = arith.cat(queue[t % d], x)  # [x_{t-d} ‖ x_t], a copy
             queue[t % d] = x
-            res, s = arith.linear(b_out, arith.gate(arith.linear(b_conv, pair, w_conv)), w_out).chunk(2, dim=1)
+            res, s = arith.halves(arith.linear(b_out, arith.gate(arith.linear(b_conv, pair, w_conv)), w_out))
             x = x + res
             skip = s if skip is None else skip + s
         return arith.linear(self.post_b, arith.relu(skip), self.post_w)  # (B, C)
 
     @torch.inference_mode()
-    def logits(self, h: Tensor, codes_t: Tensor, level: int) -> Tensor:
+    def logits(self, h, codes_t: Tensor, level: int):
         """(B, K) logits of level ``level`` at frame t; ``codes_t`` (B, ≥level) holds its lower levels."""
         if level:  # the summed embeddings of levels 0..level-1 of this frame, as WaveNetPrior._lower
-            h = h + self.embed_lower[codes_t[:, :level] + self.prior.offsets[:level]].sum(1)
+            h = h + self.arith.embed(self.embed_lower, codes_t[:, :level] + self.prior.offsets[:level])
         return self.arith.head(self.prior, level, h)
 
     @torch.inference_mode()
@@ -227,7 +241,7 @@ class FrameStepper:
         """Append frame t's codes (B, L') and move to frame t+1. L' < L (fewer levels than the
         prior models) sums the embeddings of the levels given: the entropy coder's case."""
         n = codes_t.shape[1]
-        self.x_in = self.embed[codes_t + self.prior.offsets[:n]].sum(1)
+        self.x_in = self.arith.embed(self.embed, codes_t + self.prior.offsets[:n])
         self.t += 1
 
 
