@@ -24,8 +24,9 @@ says so and exits 1 otherwise.
 
 Reported per corpus: medians over files of actual kb/s (file bytes × 8 / duration, header
 included) and real-time factors (wall time / audio duration; < 1 is faster than real time)
-at ``--threads`` torch threads (the entropy coder runs the prior on one thread of them):
-encode = VQ-VAE encoding + writing the file, decode = reading the file + VQ-VAE decoding;
+at ``--threads`` torch threads, encode = VQ-VAE encoding + writing the file, decode = reading
+the file + VQ-VAE decoding; beside them the same in CPU seconds (``time.process_time``, all
+threads) per second of audio, which other jobs on a shared machine disturb less;
 and, over the whole corpus, total bytes / total seconds and the entropy coder's payload
 bits per code (header excluded).
 """
@@ -59,24 +60,25 @@ def code_file(codec, src: Path, tmp: Path, levels: int) -> dict[str, dict]:
 
     wav, _ = read_audio(src, codec.sample_rate)
     seconds = len(wav) / codec.sample_rate
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     gain = codec.gain(float(np.abs(wav).max(initial=0)))
     codes = codec.encode(wav, levels)
-    vqvae_s = time.perf_counter() - t0
+    vqvae_s, vqvae_cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {}
     for fmt in FORMATS:
         path = tmp / ("c.npz" if fmt == "npz" else "c.vqc")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         size = save_codes(path, codec, codes, len(wav), gain, fmt.split("+")[0],
                           codec.entropy_prior() if fmt == "vqc+entropy" else None)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         back, length, g = load_codes(path, codec)
         decoded = codec.decode(back, length, g)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         payload = len(read_file(path)[1]) if fmt != "npz" else size
         out[fmt] = {"kbps": size * 8 / seconds / 1000, "bytes": size, "payload": payload, "seconds": seconds,
                     "codes": codes.size, "nominal": codec.bitrate(levels) / 1000,
                     "encode_rtf": (vqvae_s + t1 - t0) / seconds, "decode_rtf": (t2 - t1) / seconds,
+                    "encode_cpu": (vqvae_cpu + c1 - c0) / seconds, "decode_cpu": (c2 - c1) / seconds,
                     "wav": decoded.tobytes()}
     return out
 
@@ -101,14 +103,14 @@ def table(rows: dict[str, list[dict]], corpus: str, levels: int) -> str:
     seconds = sum(r["seconds"] for r in rows["vqc"])
     nominal = rows["vqc"][0]["nominal"]
     lines = ["| format | actual kb/s (median) | total bytes / total s (kb/s) | vs nominal "
-             "| encode RTF (median) | decode RTF (median) |", "|---|---|---|---|---|---|",
-             f"| nominal ({levels} levels) | {nominal:.3f} | {nominal:.3f} | 1.00 | | |"]
+             "| encode RTF | decode RTF | encode CPU-s/s | decode CPU-s/s |", "|---|---|---|---|---|---|---|---|",
+             f"| nominal ({levels} levels) | {nominal:.3f} | {nominal:.3f} | 1.00 | | | | |"]
     for fmt in FORMATS:
         rs = rows[fmt]
         total = sum(r["bytes"] for r in rs) * 8 / seconds / 1000
         lines.append(f"| {fmt} | {np.median([r['kbps'] for r in rs]):.3f} | {total:.3f} | {total / nominal:.2f} "
-                     f"| {np.median([r['encode_rtf'] for r in rs]):.3f} "
-                     f"| {np.median([r['decode_rtf'] for r in rs]):.3f} |")
+                     + "".join(f"| {np.median([r[k] for r in rs]):.3f} "
+                               for k in ("encode_rtf", "decode_rtf", "encode_cpu", "decode_cpu")) + "|")
     bits = {fmt: sum(r["payload"] for r in rows[fmt]) * 8 / sum(r["codes"] for r in rows[fmt])
             for fmt in ("vqc", "vqc+entropy")}
     return (f"{corpus}: {n} files, {seconds:.0f} s\n\n" + "\n".join(lines) +

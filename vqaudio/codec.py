@@ -160,6 +160,12 @@ def load_codec(model: str | Path | None) -> Codec:
 FORMATS = ("vqc", "npz")  # the compact bitstream (vqaudio/bitstream.py), the older .npz
 
 
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise VqaudioError(f"--format must be {' or '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
 def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: float,
                fmt: str = "vqc", entropy_prior: tuple | None = None) -> int:
     """Write the codes and what decoding needs (model id, rate, hop, length, the input gain
@@ -168,9 +174,7 @@ def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: f
     Returns the bytes written."""
     from vqaudio.atomic import write_bytes_atomic
 
-    if fmt not in FORMATS:
-        raise VqaudioError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if fmt == "npz":
+    if check_format(fmt) == "npz":
         if entropy_prior is not None:
             raise VqaudioError("--entropy needs the compact format; leave out --format npz")
         data = _npz_bytes(codec, codes, length, gain)

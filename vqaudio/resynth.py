@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vqaudio.atomic import atomic_path, check_output_path
 from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audio_blocks
-from vqaudio.codec import Codec, load_codec, load_codes, save_codes
+from vqaudio.codec import Codec, check_format, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
 from vqaudio.listeners import LISTENER_KEYS
 from vqaudio.metrics import mel_distance, perplexity, quality_report
@@ -190,9 +190,7 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
     src, dst = Path(src), Path(dst)
-    fmt = fmt or ("npz" if dst.suffix.lower() == ".npz" else "vqc")
-    if fmt not in ("vqc", "npz"):
-        raise VqaudioError(f"--format must be vqc or npz, not {fmt!r}")
+    fmt = check_format(fmt or ("npz" if dst.suffix.lower() == ".npz" else "vqc"))
     _check_output(src, dst, SUFFIX if fmt == "vqc" else ".npz")
     _check_input(src)
     prior = None
