@@ -6,7 +6,6 @@ small randomly initialised WaveNetPrior: exactness needs no trained prior."""
 
 import dataclasses
 import math
-import os
 import struct
 import zlib
 from pathlib import Path

@@ -30,7 +30,6 @@ import math
 import zlib
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from vqaudio.priors.wavenet import WaveNetPrior
