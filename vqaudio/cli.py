@@ -205,24 +205,30 @@ def sample(
     _run(go)
 
 
-@app.command(help="Encode an audio file to a codes file (.npz).")
+@app.command(help="Encode an audio file to a codes file: compact .vqc (default) or .npz.")
 def encode(
     input_: Annotated[Path, typer.Argument(help="An audio file.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The codes file to write (.npz).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="The codes file to write (.vqc, or .npz for the older format).")],
     model: ModelOpt = None,
     bitrate: BitrateOpt = None,
     levels: LevelsOpt = None,
+    format_: Annotated[Optional[str], typer.Option(
+        "--format", help="vqc (codes bit-packed at log2 K bits) | npz (default: from the name of -o).")] = None,
+    entropy: Annotated[bool, typer.Option(
+        "--entropy", help="Arithmetic-code the codes with the model's entropy prior (its entropy_prior/ "
+                          "folder): smaller files, decoded exactly.")] = False,
 ) -> None:
     def go():
         from vqaudio.resynth import encode_path
 
-        r = encode_path(input_, output, model, bitrate, levels)
-        typer.echo(f"{r['output']}: {r['frames']} frames x {r['levels']} levels "
-                   f"({r['bitrate_kbps']:.3g} kb/s) for {r['duration_s']:.2f} s")
+        r = encode_path(input_, output, model, bitrate, levels, format_, entropy)
+        typer.echo(f"{r['output']}: {r['frames']} frames x {r['levels']} levels for {r['duration_s']:.2f} s, "
+                   f"{r['bytes']} bytes: {r['actual_kbps']:.3g} kb/s (nominal {r['bitrate_kbps']:.3g} kb/s)")
     _run(go)
 
 
-@app.command(help="Decode a codes file (.npz) back to audio.")
+@app.command(help="Decode a codes file (.vqc or .npz) back to audio.")
 def decode(
     codes: Annotated[Path, typer.Argument(help="A codes file from 'vqaudio encode'.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="The WAV file to write.")],

@@ -7,10 +7,11 @@ is kept), so memory does not grow with duration and the result matches one-shot 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,7 @@ class Codec:
     model: VQVAE
     config: dict
     path: Path
+    _entropy: tuple | None = field(default=None, repr=False)  # (prior, config), loaded once
 
     @property
     def sample_rate(self) -> int:
@@ -65,6 +67,15 @@ class Codec:
                                    f"bitrate, {self.bitrate(1) / 1000:.3g} kb/s (1 level)")
             return fitting[-1]
         return self.max_levels
+
+    def entropy_prior(self) -> tuple:
+        """(prior, config) of the entropy prior beside this model (``entropy_prior/``), loaded
+        on first use; VqaudioError when there is none or it does not fit."""
+        if self._entropy is None:
+            from vqaudio.entropy import load_entropy_prior
+
+            self._entropy = load_entropy_prior(self)
+        return self._entropy
 
     def gain(self, input_peak: float) -> float:
         """Input gain that matches the peak level the model was trained at (outputs are
@@ -146,28 +157,119 @@ def load_codec(model: str | Path | None) -> Codec:
 
 # -- codes files --------------------------------------------------------------------------------
 
-def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: float) -> None:
-    """An .npz holding the codes and what decoding needs: model id, rate, hop, length, and the
-    input gain (one float per file) to undo after decoding."""
-    from vqaudio.atomic import atomic_path
+FORMATS = ("vqc", "npz")  # the compact bitstream (vqaudio/bitstream.py), the older .npz
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise VqaudioError(f"--format must be {' or '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
+def save_codes(path: Path, codec: Codec, codes: np.ndarray, length: int, gain: float,
+               fmt: str = "vqc", entropy_prior: tuple | None = None) -> int:
+    """Write the codes and what decoding needs (model id, rate, hop, length, the input gain
+    to undo after decoding) as ``fmt``: "vqc", bit-packed, or arithmetic-coded with
+    ``entropy_prior`` = (prior, its config) from ``entropy.load_entropy_prior``; or "npz".
+    Returns the bytes written."""
+    from vqaudio.atomic import write_bytes_atomic
+
+    if check_format(fmt) == "npz":
+        if entropy_prior is not None:
+            raise VqaudioError("--entropy needs the compact format; leave out --format npz")
+        data = _npz_bytes(codec, codes, length, gain)
+    else:
+        data = _vqc_bytes(codec, codes, length, gain, entropy_prior)
+    write_bytes_atomic(path, data)
+    return len(data)
+
+
+def _npz_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float) -> bytes:
+    import io
 
     meta = {"model_id": codec.config["model_id"], "sample_rate": codec.sample_rate,
             "hop": codec.hop, "length": int(length), "num_codes": codec.config["num_codes"],
             "gain": float(gain)}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, codes=codes.astype(np.int16 if codec.config["num_codes"] <= 32767 else np.int32),
-                     meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    f = io.BytesIO()
+    np.savez(f, codes=codes.astype(np.int16 if codec.config["num_codes"] <= 32767 else np.int32),
+             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    return f.getvalue()
+
+
+def _vqc_bytes(codec: Codec, codes: np.ndarray, length: int, gain: float, entropy_prior: tuple | None) -> bytes:
+    from vqaudio import bitstream
+
+    header = bitstream.Header(codec.config["model_id"], codec.sample_rate, codec.hop, codes.shape[1],
+                              int(length), float(gain))
+    if codes.shape[0] != header.frames:  # the reader counts ceil(length / hop) frames
+        raise VqaudioError(f"{codes.shape[0]} frames of codes for {length} samples: expected {header.frames}")
+    if entropy_prior is None:
+        return bitstream.to_bytes(header, bitstream.pack_codes(codes, codec.config["num_codes"]))
+    from vqaudio import entropy as coder
+    from vqaudio.priors.fixed_point import FINGERPRINT
+
+    prior, config = entropy_prior
+    header = dataclasses.replace(header, prior_id=config["model_id"], prior_levels=min(codes.shape[1], prior.levels),
+                                 tables=FINGERPRINT)
+    return bitstream.to_bytes(header, coder.encode(prior, codes))
 
 
 def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int, float]:
-    """Codes (frames, levels), the original length and the input gain; checks they belong to
+    """Codes (frames, levels), the original length and the input gain of a codes file of
+    either format (told apart by the first bytes, not the name); checks they belong to
     ``codec``."""
+    from vqaudio import bitstream
+
     path = Path(path)
     if path.is_dir():
-        raise VqaudioError(f"{path} is a folder, not a codes file; pass the .npz file made by 'vqaudio encode'")
+        raise VqaudioError(f"{path} is a folder, not a codes file; pass the .npz file or {bitstream.SUFFIX} "
+                           "file made by 'vqaudio encode'")
     if not path.is_file():
         raise VqaudioError(f"{path}: no such codes file; make one with 'vqaudio encode IN -o {path.name}'")
+    with open(path, "rb") as f:
+        magic = f.read(len(bitstream.MAGIC))
+    if magic == bitstream.MAGIC:
+        codes, meta = _read_vqc(path, codec)
+    else:
+        codes, meta = _read_npz(path)
+    return _checked(path, codec, codes, meta)
+
+
+def _read_vqc(path: Path, codec: Codec) -> tuple[np.ndarray, dict]:
+    from vqaudio import bitstream
+
+    header, payload = bitstream.read_file(path)
+    _check_model(path, codec, header.model_id)
+    meta = {"model_id": header.model_id, "length": header.length, "gain": header.gain}
+    again = "the file is damaged; make it again with 'vqaudio encode'"
+    k = codec.config["num_codes"]
+    if (header.sample_rate, header.hop) != (codec.sample_rate, codec.hop):
+        raise VqaudioError(f"{path}: header says {header.sample_rate} Hz, hop {header.hop}, but the model has "
+                           f"{codec.sample_rate} Hz, hop {codec.hop}; {again}")
+    if not 1 <= header.levels <= codec.max_levels:
+        raise VqaudioError(f"{path}: header says {header.levels} levels, expected 1..{codec.max_levels}; {again}")
+    if not header.entropy:
+        if bitstream.plain_size(header.frames, header.levels, k) != bitstream.HEADER.size + len(payload) + bitstream.CRC.size:
+            raise VqaudioError(f"{path}: {len(payload)} bytes of codes do not hold {header.frames} x "
+                               f"{header.levels} codes; {again}")
+        return bitstream.unpack_codes(payload, header.frames, header.levels, k), meta
+    from vqaudio.priors.fixed_point import FINGERPRINT
+
+    prior, config = codec.entropy_prior()
+    if config["model_id"] != header.prior_id:
+        raise VqaudioError(f"{path}: entropy-coded with another entropy prior (id {header.prior_id}, "
+                           f"this model's is {config['model_id']}); decode with the model folder that "
+                           "encoded it (--model)")
+    if header.tables != FINGERPRINT:
+        raise VqaudioError(f"{path}: entropy-coded with other fixed-point tables (fingerprint {header.tables:08x}, "
+                           f"this vqaudio's are {FINGERPRINT:08x}); decode with the vqaudio version that "
+                           "encoded it, or encode without --entropy")
+    from vqaudio import entropy as coder
+
+    return coder.decode(prior, payload, header.frames, header.levels), meta
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
             codes, meta = data["codes"], json.loads(data["meta"].tobytes().decode())
@@ -178,10 +280,19 @@ def load_codes(path: Path, codec: Codec) -> tuple[np.ndarray, int, float]:
         # EOFError: an empty file; BadZipFile: a truncated or damaged .npz (a zip archive).
         raise VqaudioError(f"{path}: not a vqaudio codes file, or a damaged one ({type(e).__name__}); "
                            "make it again with 'vqaudio encode'") from None
-    if meta.get("model_id") != codec.config["model_id"]:
-        raise VqaudioError(f"{path}: these codes come from another model (id {meta.get('model_id')}, "
+    return codes, meta
+
+
+def _check_model(path: Path, codec: Codec, model_id) -> None:
+    if model_id != codec.config["model_id"]:
+        raise VqaudioError(f"{path}: these codes come from another model (id {model_id}, "
                            f"this model is {codec.config['model_id']}); decode with the model that "
                            "encoded them (--model)")
+
+
+def _checked(path: Path, codec: Codec, codes: np.ndarray, meta: dict) -> tuple[np.ndarray, int, float]:
+    """The checks both formats share: model, shape, range, length, gain."""
+    _check_model(path, codec, meta.get("model_id"))
     again = "the file is damaged; make it again with 'vqaudio encode'"
     if (codes.ndim != 2 or not 1 <= codes.shape[1] <= codec.max_levels
             or not np.issubdtype(codes.dtype, np.integer)):

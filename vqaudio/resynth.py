@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vqaudio.atomic import atomic_path, check_output_path
 from vqaudio.audio_io import audio_info, list_audio_files, read_audio, read_audio_blocks
-from vqaudio.codec import Codec, load_codec, load_codes, save_codes
+from vqaudio.codec import Codec, check_format, load_codec, load_codes, save_codes
 from vqaudio.errors import VqaudioError
 from vqaudio.listeners import LISTENER_KEYS
 from vqaudio.metrics import Score, is_value, mel_distance, mel_setting, not_available, perplexity, quality_report
@@ -81,7 +81,8 @@ def _progress(path: Path, codec: Codec, show: bool):
 def _check_output(src: Path, dst: Path, suffix: str = ".wav") -> None:
     """Refuse, before any work, an output that cannot or must not be written."""
     if dst.suffix.lower() != suffix:
-        what = "audio is written as WAV" if suffix == ".wav" else "codes files end in .npz"
+        what = ("audio is written as WAV" if suffix == ".wav" else
+                f"codes files in the {suffix[1:]} format end in {suffix} (--format vqc | npz)")
         raise VqaudioError(f"{dst}: {what}; give an output name ending in {suffix}")
     if dst.exists() and dst.resolve() == src.resolve():
         raise VqaudioError(f"{dst}: the output would overwrite the input; choose another -o")
@@ -187,13 +188,23 @@ def resynth_paths(inputs: list[Path], output: Path | None, model: Path | None,
 
 
 def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
-                levels: int | None) -> dict:
-    """Write the codes of ``src`` to ``dst`` (.npz) with the model's identity."""
+                levels: int | None, fmt: str | None = None, entropy: bool = False) -> dict:
+    """Write the codes of ``src`` to ``dst`` with the model's identity: ``fmt`` "vqc" (the
+    compact bitstream; ``entropy`` codes it with the model's entropy prior) or "npz"; None
+    takes it from the name (.npz or .vqc)."""
+    from vqaudio.bitstream import SUFFIX
+
     codec = load_codec(model)
     n = codec.pick_levels(bitrate, levels)
     src, dst = Path(src), Path(dst)
-    _check_output(src, dst, ".npz")
+    fmt = check_format(fmt or ("npz" if dst.suffix.lower() == ".npz" else "vqc"))
+    _check_output(src, dst, SUFFIX if fmt == "vqc" else ".npz")
     _check_input(src)
+    prior = None
+    if entropy:
+        if fmt == "npz":
+            raise VqaudioError("--entropy needs the compact format; leave out --format npz and write a .vqc file")
+        prior = codec.entropy_prior()  # a missing or misfit prior fails before any work
     hop, pieces, length = codec.hop, [], 0
     gain = _file_gain(codec, Path(src))
     with torch.no_grad():
@@ -203,11 +214,13 @@ def encode_path(src: Path, dst: Path, model: Path | None, bitrate: float | None,
             length += b - a
     codes = np.concatenate(pieces)
     try:
-        save_codes(dst, codec, codes, length, gain)
+        size = save_codes(dst, codec, codes, length, gain, fmt, prior)
     except OSError as e:
         raise VqaudioError(f"{dst}: cannot write ({e.strerror or e}); check the output folder is writable") from None
-    return {"output": str(dst), "frames": codes.shape[0], "levels": n,
-            "bitrate_kbps": codec.bitrate(n) / 1000, "duration_s": length / codec.sample_rate}
+    seconds = length / codec.sample_rate
+    return {"output": str(dst), "frames": codes.shape[0], "levels": n, "format": fmt, "entropy": entropy,
+            "bitrate_kbps": codec.bitrate(n) / 1000, "bytes": size, "actual_kbps": size * 8 / seconds / 1000,
+            "duration_s": seconds}
 
 
 def decode_path(src: Path, dst: Path, model: Path | None) -> dict:

@@ -122,49 +122,127 @@ class WaveNetPrior(nn.Module):
         return (ce * m).sum() / m.sum().clamp(min=1)
 
     # -- incremental generation -------------------------------------------------------------
+    def stepper(self, batch: int, labels: Tensor | None = None, arith: "FloatArith | None" = None) -> "FrameStepper":
+        """The cached frame-by-frame path (Fast WaveNet) shared by ``generate`` and the
+        entropy coder (vqaudio/entropy.py), which runs it in exact fixed-point ``arith``
+        (vqaudio/priors/fixed_point.py) so that its encoder and decoder agree on any machine."""
+        self._check_labels(labels)
+        return FrameStepper(self, batch, labels, arith or FloatArith())
+
     @torch.inference_mode()  # no autograd bookkeeping at all: ~10% faster than no_grad here
     def generate(self, batch: int, frames: int, controls: Controls = Controls(),
                  labels: Tensor | None = None, progress: Callable[[int], None] | None = None) -> Tensor:
         """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers.
 
-        Each layer keeps a ring buffer of its last ``dilation`` inputs ``(d, B, C)``: slot
-        ``t % d`` holds the input from frame ``t - d`` (zeros before the start, like the
-        padding of ``forward``); it is read, then overwritten with frame t's input. Draws use
-        the same noise stream in the same order as ``reference_sample``, so the output equals
-        the full-recompute reference for the same seed.
+        Draws use the same noise stream in the same order as ``reference_sample``, so the
+        output equals the full-recompute reference for the same seed.
         """
-        self._check_labels(labels)
-        device, dtype = self.embed.weight.device, self.embed.weight.dtype
-        steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
-        for layer in self.layers:
-            w = layer.conv.weight  # (2C, C, 2): tap 0 reads x_{t-d}, tap 1 reads x_t
-            bias = layer.conv.bias.expand(batch, -1)
-            if layer.label is not None:
-                bias = bias + layer.label(labels)
-            steps.append((layer.dilation, torch.cat([w[:, :, 0], w[:, :, 1]], 1).t(), bias,
-                          layer.out.weight[:, :, 0].t(), layer.out.bias))
-        queues = [torch.zeros(d, batch, self.channels, device=device, dtype=dtype) for d, *_ in steps]
-        post_w, post_b = self.post.weight[:, :, 0].t(), self.post.bias
-        sampler = Sampler(controls, batch, frames * self.levels, device)
-        codes = torch.zeros(batch, frames, self.levels, dtype=torch.long, device=device)
-        x_in = torch.zeros(batch, self.channels, device=device, dtype=dtype)  # frame -1: zeros
+        step = self.stepper(batch, labels)
+        sampler = Sampler(controls, batch, frames * self.levels, self.embed.weight.device)
+        codes = torch.zeros(batch, frames, self.levels, dtype=torch.long, device=self.embed.weight.device)
         for t in range(frames):
-            x, skip = x_in, None
-            for (d, w_conv, b_conv, w_out, b_out), queue in zip(steps, queues):
-                pair = torch.cat([queue[t % d], x], 1)  # [x_{t-d} ‖ x_t], a copy
-                queue[t % d] = x
-                h = torch.addmm(b_conv, pair, w_conv)
-                a, b = h.chunk(2, dim=1)
-                res, s = torch.addmm(b_out, torch.tanh(a) * torch.sigmoid(b), w_out).chunk(2, dim=1)
-                x = x + res
-                skip = s if skip is None else skip + s
-            h = torch.addmm(post_b, F.relu(skip), post_w)  # (B, C)
-            for l, head in enumerate(self.heads):
-                codes[:, t, l] = sampler(head(h + self._lower(codes[:, t], l)), t * self.levels + l)
-            x_in = self.embed(codes[:, t] + self.offsets).sum(1)
+            h = step.context()
+            for l in range(self.levels):
+                codes[:, t, l] = sampler(step.logits(h, codes[:, t], l), t * self.levels + l)
+            step.push(codes[:, t])
             if progress is not None:
                 progress(t + 1)
         return codes
+
+
+class FloatArith:
+    """The arithmetic of ``FrameStepper``: here the model's own floats in torch tensors
+    (weights as they are, torch's matmul and activations). A fixed-point twin
+    (priors/fixed_point.py) holds quantised weights in numpy arrays and replaces each
+    operation by an exact integer one; FrameStepper touches its arrays only through these."""
+
+    def weight(self, w: Tensor) -> Tensor:  # a matrix or an embedding table
+        return w
+
+    def bias(self, b: Tensor) -> Tensor:
+        return b
+
+    def zeros(self, *shape: int, like: Tensor) -> Tensor:
+        return like.new_zeros(shape)
+
+    def cat(self, a: Tensor, b: Tensor) -> Tensor:  # along channels: (B, C) ‖ (B, C) -> (B, 2C)
+        return torch.cat([a, b], 1)
+
+    def halves(self, h: Tensor) -> tuple[Tensor, Tensor]:  # (B, 2C) -> two (B, C)
+        return h.chunk(2, dim=1)
+
+    def embed(self, table: Tensor, index: Tensor) -> Tensor:  # index (B, n) long -> (B, C): rows summed
+        return table[index].sum(1)
+
+    def linear(self, b: Tensor, x: Tensor, w_t: Tensor) -> Tensor:  # b + x @ w_t
+        return torch.addmm(b, x, w_t)
+
+    def gate(self, h: Tensor) -> Tensor:  # (B, 2C) -> (B, C)
+        a, b = h.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def relu(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+    def head(self, prior: WaveNetPrior, level: int, x: Tensor) -> Tensor:
+        return prior.heads[level](x)
+
+
+class FrameStepper:
+    """One frame at a time through a WaveNetPrior's layers, O(layers) per frame.
+
+    Each layer keeps a ring buffer of its last ``dilation`` inputs ``(d, B, C)``: slot
+    ``t % d`` holds the input from frame ``t - d`` (zeros before the start, like the padding
+    of ``forward``); it is read, then overwritten with frame t's input. Per frame:
+    ``h = context()`` summarises frames < t, ``logits(h, codes_t, l)`` predicts level l from
+    it and the lower levels of frame t, ``push(codes_t)`` appends frame t. Codes are torch
+    long tensors; activations are whatever ``arith`` computes in.
+    """
+
+    def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None, arith: FloatArith):
+        self.prior, self.arith = prior, arith
+        with torch.inference_mode():
+            self.steps = []  # per layer: (dilation, conv weight for [x_{t-d} ‖ x_t], bias incl. label, out)
+            for layer in prior.layers:
+                w = layer.conv.weight  # (2C, C, 2): tap 0 reads x_{t-d}, tap 1 reads x_t
+                bias = layer.conv.bias.expand(batch, -1)
+                if layer.label is not None:
+                    bias = bias + layer.label(labels)
+                self.steps.append((layer.dilation, arith.weight(torch.cat([w[:, :, 0], w[:, :, 1]], 1).t()),
+                                   arith.bias(bias), arith.weight(layer.out.weight[:, :, 0].t()),
+                                   arith.bias(layer.out.bias)))
+            self.post_w, self.post_b = arith.weight(prior.post.weight[:, :, 0].t()), arith.bias(prior.post.bias)
+            self.embed, self.embed_lower = arith.weight(prior.embed.weight), arith.weight(prior.embed_lower.weight)
+            self.x_in = arith.zeros(batch, prior.channels, like=self.embed)  # frame -1: zeros
+            self.queues = [arith.zeros(d, batch, prior.channels, like=self.embed) for d, *_ in self.steps]
+        self.t = 0
+
+    @torch.inference_mode()
+    def context(self):
+        """(B, C): the summary of frames < t that every level's head of frame t reads."""
+        x, skip, t, arith = self.x_in, None, self.t, self.arith
+        for (d, w_conv, b_conv, w_out, b_out), queue in zip(self.steps, self.queues):
+            pair = arith.cat(queue[t % d], x)  # [x_{t-d} ‖ x_t], a copy
+            queue[t % d] = x
+            res, s = arith.halves(arith.linear(b_out, arith.gate(arith.linear(b_conv, pair, w_conv)), w_out))
+            x = x + res
+            skip = s if skip is None else skip + s
+        return arith.linear(self.post_b, arith.relu(skip), self.post_w)  # (B, C)
+
+    @torch.inference_mode()
+    def logits(self, h, codes_t: Tensor, level: int):
+        """(B, K) logits of level ``level`` at frame t; ``codes_t`` (B, ≥level) holds its lower levels."""
+        if level:  # the summed embeddings of levels 0..level-1 of this frame, as WaveNetPrior._lower
+            h = h + self.arith.embed(self.embed_lower, codes_t[:, :level] + self.prior.offsets[:level])
+        return self.arith.head(self.prior, level, h)
+
+    @torch.inference_mode()
+    def push(self, codes_t: Tensor) -> None:
+        """Append frame t's codes (B, L') and move to frame t+1. L' < L (fewer levels than the
+        prior models) sums the embeddings of the levels given: the entropy coder's case."""
+        n = codes_t.shape[1]
+        self.x_in = self.arith.embed(self.embed, codes_t + self.prior.offsets[:n])
+        self.t += 1
 
 
 def sequence_logits_fn(prior: WaveNetPrior, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
