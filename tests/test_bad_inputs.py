@@ -451,7 +451,9 @@ def test_unusual_input_is_resynthesised(unusual, name):
     assert sorted(f.name for f in (folder / "out").iterdir()) == sorted(f"{n}.wav" for n in UNUSUAL)
     check_wav(folder / "out" / f"{name}.wav", UNUSUAL[name][1])
     result = next(json.loads(line) for line in p.stdout.splitlines() if f"{name}.wav" in line)
-    assert result["levels"] == 2 and result["mel_distance"] >= 0
+    assert result["levels"] == 2
+    mel = result["mel_distance"]  # a number, or why not for a clip shorter than one mel frame
+    assert mel.startswith("n/a: input shorter than") if isinstance(mel, str) else mel >= 0
 
 
 def test_unusual_inputs_are_evaluated(unusual):
