@@ -36,8 +36,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from vqaudio.cli import passive_omp_threads
+
+passive_omp_threads()  # as ``vqaudio sample`` does, before torch loads libgomp
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def main() -> None:
@@ -111,7 +115,8 @@ def speed(codec, prior, prior_dir, config, args) -> None:
     same = torch.equal(outputs["cached"], outputs["reference"])
     med = {k: statistics.median(v) for k, v in times.items()}
 
-    print(f"- Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"- Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}, numpy {np.__version__}")
     print(f"- Date: {datetime.date.today()}; model: {prior_dir} ({config['levels']} levels, "
           f"K = {config['num_codes']}, receptive field {config['receptive_field_frames']} frames, "
           f"{sum(p.numel() for p in prior.parameters()) / 1e6:.2f} M parameters)")
