@@ -15,12 +15,14 @@ arXiv:1611.09482), so each new frame costs one pass through the layers: O(T · l
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from vqaudio.priors.sampling import Controls, Sampler
@@ -145,7 +147,12 @@ class WaveNetPrior(nn.Module):
         if device.type != "cpu":
             return self._generate(self.stepper(batch, labels), sampler, batch, frames, progress)
         step = NumpyStepper(self, batch, labels)
-        return torch.from_numpy(self._generate(step, sampler, batch, frames, progress))
+        # numpy's OpenBLAS splits a matmul of more than ~2^18 multiply-adds over its threads,
+        # which spin while they wait: beside a busy core the (8, 2702) @ (2702, 64) skip matmul
+        # of a batch of 8 took 150 ms a frame instead of 0.1 ms. The per-frame matmuls are
+        # small; one thread is right for them on any machine.
+        with _blas().limit(limits=1, user_api="blas"):
+            return torch.from_numpy(self._generate(step, sampler, batch, frames, progress))
 
     def _generate(self, step, sampler: Sampler, batch: int, frames: int, progress) -> Tensor | np.ndarray:
         """The ancestral loop over frames and levels, for a torch (``FrameStepper``) or a numpy
@@ -159,6 +166,11 @@ class WaveNetPrior(nn.Module):
             if progress is not None:
                 progress(t + 1)
         return codes
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:  # finds the loaded BLAS libraries once (~10 ms)
+    return ThreadpoolController()
 
 
 class FloatArith:
@@ -264,17 +276,16 @@ class NumpyStepper:
     """``FrameStepper``'s float path restated for speed on the CPU: numpy float32, codes numpy
     int64, the same ``context`` / ``logits`` / ``push`` steps. At batch 1 a frame is a few
     dozen tiny operations, so their number and per-call cost set the time, not the arithmetic
-    (a numpy call costs a fraction of a torch one). Six per layer:
+    (a numpy call costs a fraction of a torch one). Seven per layer:
 
     * one (B, C) @ (C, 4C) matmul of x_t against [W_now | W_past]: the first 2C columns are
       this frame's conv product, the last 2C the product frame t + d will need for its tap on
       x_{t-d}. Ring buffers keep those (bias added), so no [x_{t-d} ‖ x_t] copy;
     * sigmoid(b) = (1 + tanh(b/2)) / 2: the b half of the conv weights is halved (exact in
-      floats), one tanh covers the whole (B, 2C), and the gate
-      tanh(a)·sigmoid(b) = (tanh(a) + tanh(a)·tanh(b/2)) / 2 is left as its two terms;
-    * each layer owns a row z = [x | tanh(a) | tanh(a)·tanh(b/2) | 1] of one buffer, and one
-      matmul z @ [I; W_res/2; W_res/2; b_res] writes the next layer's x (residual, gate and
-      bias at once); one (B, layers·(3C+1)) matmul makes the summed skips of all layers.
+      floats), one tanh covers the whole (B, 2C), and the / 2 goes into the 1×1 conv;
+    * each layer owns a row z = [x | 2·gate | 1] of one buffer, and one matmul
+      z @ [I; W_res/2; b_res] writes the next layer's x (residual, gate and bias at once);
+      one (B, layers·(2C+1)) matmul makes the summed skips of all layers.
 
     Same function as ``FrameStepper``, other rounding (float sums in another order): logits
     agree to ~1e-6, and codes drawn from them can differ only where two candidates tie to
@@ -287,9 +298,9 @@ class NumpyStepper:
         self.prior, self.batch, self.levels = prior, batch, prior.levels
         f32 = lambda w: w.detach().cpu().numpy().astype(np.float32)  # a copy
         halve_b = np.concatenate([np.ones(c), np.full(c, 0.5)]).astype(np.float32)
-        # z rows, (layers, B, 3C + 1): [x | tanh(a) | tanh(a)·tanh(b/2) | 1] per layer
-        self.z = np.concatenate([np.zeros((n, batch, 3 * c), np.float32), np.ones((n, batch, 1), np.float32)], 2)
-        w_skip = np.zeros((n, 3 * c + 1, c), np.float32)  # the x rows stay 0
+        # z rows, (layers, B, 2C + 1): [x | 2·gate | 1] per layer
+        self.z = np.concatenate([np.zeros((n, batch, 2 * c), np.float32), np.ones((n, batch, 1), np.float32)], 2)
+        w_skip = np.zeros((n, 2 * c + 1, c), np.float32)  # the x rows stay 0
         self.layers = []
         y = np.empty((batch, 4 * c), np.float32)  # one layer's [now ‖ past tap] products
         with torch.inference_mode():
@@ -301,8 +312,8 @@ class NumpyStepper:
                 bias = f32(bias) * halve_b  # (B, 2C)
                 w_out = f32(layer.out.weight[:, :, 0]).T * np.float32(0.5)  # (C, 2C): residual ‖ skip, the gate's / 2
                 b_out = f32(layer.out.bias)
-                w_res = np.concatenate([np.eye(c, dtype=np.float32), w_out[:, :c], w_out[:, :c], b_out[None, :c]])
-                w_skip[i, c:] = np.concatenate([w_out[:, c:], w_out[:, c:], b_out[None, c:]])
+                w_res = np.concatenate([np.eye(c, dtype=np.float32), w_out[:, :c], b_out[None, :c]])
+                w_skip[i, c:] = np.concatenate([w_out[:, c:], b_out[None, c:]])
                 # Ring (d, B, 2C): slot t % d holds x_{t-d} @ W_past + bias; frames before the
                 # start are zeros (the padding of ``forward``), so the bias alone.
                 ring = list(np.repeat(bias[None], layer.dilation, 0))
@@ -310,9 +321,9 @@ class NumpyStepper:
                 # Every array and view the frame loop touches, made once: at batch 1 a slice
                 # costs about as much as the arithmetic on it.
                 self.layers.append((z[:, :c], np.concatenate([w[:, :, 1].T, w[:, :, 0].T], 1), y, y[:, :2 * c],
-                                    y[:, 2 * c:], bias, ring, layer.dilation, z[:, c:3 * c], z[:, c:2 * c],
-                                    z[:, 2 * c:3 * c], z, w_res, self.z[i + 1, :, :c] if i + 1 < n else None))
-            self.w_skip = w_skip.reshape(n * (3 * c + 1), c)
+                                    y[:, 2 * c:], bias, ring, layer.dilation, y[:, :c], y[:, c:2 * c], z[:, c:2 * c],
+                                    z, w_res, self.z[i + 1, :, :c] if i + 1 < n else None))
+            self.w_skip = w_skip.reshape(n * (2 * c + 1), c)
             post = np.concatenate([f32(prior.post.weight[:, :, 0]).T, f32(prior.post.bias)[None]])
             self.post, self.u = post, np.ones((batch, c + 1), np.float32)  # [relu(summed skips) | 1]
             self.heads = [(np.concatenate([f32(h[1].weight).T, f32(h[1].bias)[None]]),
@@ -330,12 +341,13 @@ class NumpyStepper:
     def context(self) -> np.ndarray:
         """(B, C + 1) float32: the summary of frames < t, then a 1 (for the heads' biases)."""
         t = self.t
-        for x, w_in, y, h, y_past, bias, ring, d, tanhs, ta, tab, z, w_res, x_next in self.layers:
+        for x, w_in, y, h, y_past, bias, ring, d, h_a, h_b, gate, z, w_res, x_next in self.layers:
             np.dot(x, w_in, out=y)
             h += ring[t % d]  # + x_{t-d} @ W_past + bias
             np.add(y_past, bias, out=ring[t % d])  # frame t + d's past tap
-            np.tanh(h, out=tanhs)
-            np.multiply(ta, tab, out=tab)
+            np.tanh(h, out=h)
+            h_b += 1
+            np.multiply(h_a, h_b, out=gate)  # tanh(a)·(1 + tanh(b/2)) = 2·tanh(a)·sigmoid(b)
             if x_next is not None:  # the last layer's residual feeds nothing
                 np.matmul(z, w_res, out=x_next)
         np.maximum(self.z.transpose(1, 0, 2).reshape(self.batch, -1) @ self.w_skip, 0, out=self.u[:, :-1])
