@@ -126,9 +126,11 @@ class WaveNetPrior(nn.Module):
 
     # -- incremental generation -------------------------------------------------------------
     def stepper(self, batch: int, labels: Tensor | None = None, arith: "FloatArith | None" = None) -> "FrameStepper":
-        """The cached frame-by-frame path (Fast WaveNet) shared by ``generate`` and the
-        entropy coder (vqaudio/entropy.py), which runs it in exact fixed-point ``arith``
-        (vqaudio/priors/fixed_point.py) so that its encoder and decoder agree on any machine."""
+        """The cached frame-by-frame path (Fast WaveNet) of the entropy coder
+        (vqaudio/entropy.py), which runs it in exact fixed-point ``arith``
+        (vqaudio/priors/fixed_point.py) so that its encoder and decoder agree on any machine,
+        and of ``generate`` off the CPU (on the CPU it runs ``NumpyStepper``, the same steps
+        fused for speed)."""
         self._check_labels(labels)
         return FrameStepper(self, batch, labels, arith or FloatArith())
 
