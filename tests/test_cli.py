@@ -1,6 +1,7 @@
 """The CLI end to end, in subprocesses, on a tiny trained model and generated audio."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -325,3 +326,14 @@ def test_resynth_of_a_one_sample_file_says_na_not_nan(tmp_path):
     result = json.loads(vqaudio("resynth", tmp_path / "one.wav", "-o", tmp_path / "out2.wav", "--json").stdout)
     assert result["si_snr_db"] == "n/a: input shorter than 2 samples"
     assert sf.info(tmp_path / "out2.wav").frames == 1
+
+
+def test_sample_lets_idle_torch_threads_sleep_unless_told_otherwise(monkeypatch):
+    from vqaudio.cli import passive_omp_threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    passive_omp_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an explicit setting wins
+    passive_omp_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -5,6 +5,7 @@ Nothing here imports torch at module level, so ``vqaudio --help`` and ``--versio
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -147,6 +148,16 @@ def resynth(
     _run(go)
 
 
+def passive_omp_threads() -> None:
+    """Idle torch threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE) unless the
+    environment says otherwise. libgomp's default spins: beside a busy core (a training run)
+    the spinning thread holds the core the working one needs, and each of the decoder's small
+    parallel ops waits for a time slice: decoding 2 s of codes at 2 threads took 1.0 s instead
+    of 0.03 s (bench/RESULTS.md, sampling). libgomp reads this when torch loads it, so it
+    must come before the first torch import."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @app.command(help="Generate new audio from a model's prior: sample codes, decode, write WAVs.")
 def sample(
     seconds: Annotated[float, typer.Option("--seconds", "-t", help="Duration of each audio clip.")] = 2.0,
@@ -173,6 +184,7 @@ def sample(
              "digit (the eval extra).")] = True,
 ) -> None:
     def go():
+        passive_omp_threads()
         from vqaudio.priors.sampling import Controls
 
         controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

@@ -142,7 +142,7 @@ class GatedPixelCNN(nn.Module):
             raise VqaudioError(
                 f"label {int(bad[0])} is out of range: this prior knows labels 0 to {self.num_labels - 1}")
         height, width = shape
-        sampler = Sampler(controls or Controls(), batch, height * width, device)
+        sampler = Sampler(controls or Controls(), batch, height * width)
         codes = torch.zeros((batch, height, width), dtype=torch.long, device=device)
         for r in range(height):
             # Rows after r are still zeros and cannot reach row r: compute on rows <= r only.

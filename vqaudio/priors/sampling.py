@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,25 +57,47 @@ class Sampler:
     stream seeded with ``seed + b``, so a row's draws do not depend on the batch size: sample
     i of ``--num N --seed S`` equals the one sample of ``--seed S+i``."""
 
-    def __init__(self, controls: Controls, batch: int, positions: int, device: torch.device | str = "cpu"):
+    def __init__(self, controls: Controls, batch: int, positions: int):
         self.controls = controls.check()
-        self.batch, self.positions, self.device = batch, positions, device
-        self.noise: Tensor | None = None  # (B, positions, K) uniform, drawn at the first call
+        self.batch, self.positions = batch, positions
+        self.noise: np.ndarray | None = None  # (B, positions, K) Gumbel, drawn at the first call
 
-    def _uniform(self, num_codes: int) -> Tensor:
-        rows = [torch.rand((self.positions, num_codes), dtype=torch.float32,
-                           generator=torch.Generator().manual_seed(self.controls.seed + b))
-                for b in range(self.batch)]
-        return torch.stack(rows).clamp_(1e-20, 1.0).to(self.device)
+    def _gumbel(self, num_codes: int) -> np.ndarray:
+        """(B, positions, K) float32 Gumbel(0, 1) noise. numpy, not torch, for the arithmetic:
+        torch splits a large elementwise op over its threads, and on a busy machine each such
+        op can wait milliseconds for the other thread (the draws are the same either way up to
+        the last bit of a rare entry; reference and cached samplers share this noise)."""
+        u = np.stack([torch.rand((self.positions, num_codes), dtype=torch.float32,
+                                 generator=torch.Generator().manual_seed(self.controls.seed + b)).numpy()
+                      for b in range(self.batch)])
+        return -np.log(-np.log(np.clip(u, 1e-20, 1.0)))
 
-    def __call__(self, logits: Tensor, position: int) -> Tensor:
-        """logits (B, K) at flattened position ``position`` -> codes (B,) long."""
+    def __call__(self, logits: Tensor | np.ndarray, position: int) -> Tensor | np.ndarray:
+        """logits (B, K) at flattened position ``position`` -> codes (B,) long.
+
+        numpy float32 logits (``NumpyStepper``'s) give numpy int64 codes, the same draws: the
+        unfiltered draw stays in numpy (float32 division and addition round the same in both),
+        the filtered one goes through ``filter_logits`` on a zero-copy tensor."""
+        if isinstance(logits, np.ndarray):
+            return self._draw_numpy(logits, position)
         logits = filter_logits(logits.float(), self.controls)
         if self.controls.temperature == 0:
             return logits.argmax(-1)
+        noise = torch.from_numpy(self._noise(logits.shape[-1])[:, position]).to(logits.device)
+        return (logits / self.controls.temperature + noise).argmax(-1)
+
+    def _noise(self, num_codes: int) -> np.ndarray:
         if self.noise is None:
-            self.noise = -torch.log(-torch.log(self._uniform(logits.shape[-1])))  # Gumbel(0, 1)
-        return (logits / self.controls.temperature + self.noise[:, position]).argmax(-1)
+            self.noise = self._gumbel(num_codes)
+        return self.noise
+
+    def _draw_numpy(self, logits: np.ndarray, position: int) -> np.ndarray:
+        if self.controls.top_k or self.controls.top_p < 1:
+            return self(torch.from_numpy(logits), position).numpy()
+        if self.controls.temperature == 0:
+            return logits.argmax(-1)
+        noise = self._noise(logits.shape[-1])[:, position]
+        return (logits / self.controls.temperature + noise).argmax(-1)
 
 
 LogitsFn = Callable[[Tensor], Tensor]
@@ -89,7 +112,7 @@ def reference_sample(logits_fn: LogitsFn, shape: tuple[int, ...], batch: int, co
     against."""
     codes = torch.zeros((batch, *shape), dtype=torch.long, device=device)
     flat = codes.view(batch, -1)
-    sampler = Sampler(controls, batch, flat.shape[1], device)
+    sampler = Sampler(controls, batch, flat.shape[1])
     for i in range(flat.shape[1]):
         logits = logits_fn(codes)
         flat[:, i] = sampler(logits.reshape(batch, flat.shape[1], -1)[:, i], i)

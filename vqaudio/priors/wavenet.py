@@ -15,11 +15,14 @@ arXiv:1611.09482), so each new frame costs one pass through the layers: O(T · l
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from vqaudio.priors.sampling import Controls, Sampler
@@ -123,9 +126,11 @@ class WaveNetPrior(nn.Module):
 
     # -- incremental generation -------------------------------------------------------------
     def stepper(self, batch: int, labels: Tensor | None = None, arith: "FloatArith | None" = None) -> "FrameStepper":
-        """The cached frame-by-frame path (Fast WaveNet) shared by ``generate`` and the
-        entropy coder (vqaudio/entropy.py), which runs it in exact fixed-point ``arith``
-        (vqaudio/priors/fixed_point.py) so that its encoder and decoder agree on any machine."""
+        """The cached frame-by-frame path (Fast WaveNet) of the entropy coder
+        (vqaudio/entropy.py), which runs it in exact fixed-point ``arith``
+        (vqaudio/priors/fixed_point.py) so that its encoder and decoder agree on any machine,
+        and of ``generate`` off the CPU (on the CPU it runs ``NumpyStepper``, the same steps
+        fused for speed)."""
         self._check_labels(labels)
         return FrameStepper(self, batch, labels, arith or FloatArith())
 
@@ -135,11 +140,26 @@ class WaveNetPrior(nn.Module):
         """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers.
 
         Draws use the same noise stream in the same order as ``reference_sample``, so the
-        output equals the full-recompute reference for the same seed.
+        output equals the full-recompute reference for the same seed. On the CPU the frames
+        run through ``NumpyStepper`` (float32 numpy, fused weights: fewer and cheaper
+        operations per frame, which is what costs at small batch); elsewhere through ``FrameStepper``.
         """
-        step = self.stepper(batch, labels)
-        sampler = Sampler(controls, batch, frames * self.levels, self.embed.weight.device)
-        codes = torch.zeros(batch, frames, self.levels, dtype=torch.long, device=self.embed.weight.device)
+        device = self.embed.weight.device
+        sampler = Sampler(controls, batch, frames * self.levels)
+        if device.type != "cpu":
+            return self._generate(self.stepper(batch, labels), sampler, batch, frames, progress)
+        step = NumpyStepper(self, batch, labels)
+        # numpy's OpenBLAS splits a matmul of more than ~2^18 multiply-adds over its threads,
+        # which spin while they wait: beside a busy core the (8, 2702) @ (2702, 64) skip matmul
+        # of a batch of 8 took 150 ms a frame instead of 0.1 ms. The per-frame matmuls are
+        # small; one thread is right for them on any machine.
+        with _blas().limit(limits=1, user_api="blas"):
+            return torch.from_numpy(self._generate(step, sampler, batch, frames, progress))
+
+    def _generate(self, step, sampler: Sampler, batch: int, frames: int, progress) -> Tensor | np.ndarray:
+        """The ancestral loop over frames and levels, for a torch (``FrameStepper``) or a numpy
+        (``NumpyStepper``) step: codes (B, frames, L) of the step's kind."""
+        codes = step.new_codes(frames)
         for t in range(frames):
             h = step.context()
             for l in range(self.levels):
@@ -148,6 +168,11 @@ class WaveNetPrior(nn.Module):
             if progress is not None:
                 progress(t + 1)
         return codes
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:  # finds the loaded BLAS libraries once (~10 ms)
+    return ThreadpoolController()
 
 
 class FloatArith:
@@ -215,7 +240,11 @@ class FrameStepper:
             self.embed, self.embed_lower = arith.weight(prior.embed.weight), arith.weight(prior.embed_lower.weight)
             self.x_in = arith.zeros(batch, prior.channels, like=self.embed)  # frame -1: zeros
             self.queues = [arith.zeros(d, batch, prior.channels, like=self.embed) for d, *_ in self.steps]
-        self.t = 0
+        self.t, self.batch = 0, batch
+
+    def new_codes(self, frames: int) -> Tensor:
+        """(B, frames, L) long zeros on the prior's device: ``generate`` fills them in."""
+        return torch.zeros(self.batch, frames, self.prior.levels, dtype=torch.long, device=self.embed.device)
 
     @torch.inference_mode()
     def context(self):
@@ -242,6 +271,107 @@ class FrameStepper:
         prior models) sums the embeddings of the levels given: the entropy coder's case."""
         n = codes_t.shape[1]
         self.x_in = self.arith.embed(self.embed, codes_t + self.prior.offsets[:n])
+        self.t += 1
+
+
+class NumpyStepper:
+    """``FrameStepper``'s float path restated for speed on the CPU: numpy float32, codes numpy
+    int64, the same ``context`` / ``logits`` / ``push`` steps. At batch 1 a frame is a few
+    dozen tiny operations, so their number and per-call cost set the time, not the arithmetic
+    (a numpy call costs a fraction of a torch one). Seven per layer:
+
+    * one (B, C) @ (C, 4C) matmul of x_t against [W_now | W_past]: the first 2C columns are
+      this frame's conv product, the last 2C the product frame t + d will need for its tap on
+      x_{t-d}. Ring buffers keep those (bias added), so no [x_{t-d} ‖ x_t] copy;
+    * sigmoid(b) = (1 + tanh(b/2)) / 2: the b half of the conv weights is halved (exact in
+      floats), one tanh covers the whole (B, 2C), and the / 2 goes into the 1×1 conv;
+    * each layer owns a row z = [x | 2·gate | 1] of one buffer, and one matmul
+      z @ [I; W_res/2; b_res] writes the next layer's x (residual, gate and bias at once);
+      one (B, layers·(2C+1)) matmul makes the summed skips of all layers.
+
+    Same function as ``FrameStepper``, other rounding (float sums in another order): logits
+    agree to ~1e-6, and codes drawn from them can differ only where two candidates tie to
+    that precision (tests/test_prior_wavenet.py checks both).
+    """
+
+    def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None):
+        prior._check_labels(labels)
+        c, n = prior.channels, len(prior.layers)
+        self.prior, self.batch, self.levels = prior, batch, prior.levels
+        f32 = lambda w: w.detach().cpu().numpy().astype(np.float32)  # a copy
+        halve_b = np.concatenate([np.ones(c), np.full(c, 0.5)]).astype(np.float32)
+        # z rows, (layers, B, 2C + 1): [x | 2·gate | 1] per layer
+        self.z = np.concatenate([np.zeros((n, batch, 2 * c), np.float32), np.ones((n, batch, 1), np.float32)], 2)
+        w_skip = np.zeros((n, 2 * c + 1, c), np.float32)  # the x rows stay 0
+        self.layers = []
+        y = np.empty((batch, 4 * c), np.float32)  # one layer's [now ‖ past tap] products
+        with torch.inference_mode():
+            for i, layer in enumerate(prior.layers):
+                w = f32(layer.conv.weight) * halve_b[:, None, None]  # (2C, C, 2): tap 0 x_{t-d}, tap 1 x_t
+                bias = layer.conv.bias.expand(batch, -1)
+                if layer.label is not None:
+                    bias = bias + layer.label(labels)
+                bias = f32(bias) * halve_b  # (B, 2C)
+                w_out = f32(layer.out.weight[:, :, 0]).T * np.float32(0.5)  # (C, 2C): residual ‖ skip, the gate's / 2
+                b_out = f32(layer.out.bias)
+                w_res = np.concatenate([np.eye(c, dtype=np.float32), w_out[:, :c], b_out[None, :c]])
+                w_skip[i, c:] = np.concatenate([w_out[:, c:], b_out[None, c:]])
+                # Ring (d, B, 2C): slot t % d holds x_{t-d} @ W_past + bias; frames before the
+                # start are zeros (the padding of ``forward``), so the bias alone.
+                ring = list(np.repeat(bias[None], layer.dilation, 0))
+                z = self.z[i]
+                # Every array and view the frame loop touches, made once: at batch 1 a slice
+                # costs about as much as the arithmetic on it.
+                self.layers.append((z[:, :c], np.concatenate([w[:, :, 1].T, w[:, :, 0].T], 1), y, y[:, :2 * c],
+                                    y[:, 2 * c:], bias, ring, layer.dilation, y[:, :c], y[:, c:2 * c], z[:, c:2 * c],
+                                    z, w_res, self.z[i + 1, :, :c] if i + 1 < n else None))
+            self.w_skip = w_skip.reshape(n * (2 * c + 1), c)
+            post = np.concatenate([f32(prior.post.weight[:, :, 0]).T, f32(prior.post.bias)[None]])
+            self.post, self.u = post, np.ones((batch, c + 1), np.float32)  # [relu(summed skips) | 1]
+            self.heads = [(np.concatenate([f32(h[1].weight).T, f32(h[1].bias)[None]]),
+                           np.concatenate([f32(h[3].weight).T, f32(h[3].bias)[None]]))
+                          for h in prior.heads]  # head = ReLU, Linear, ReLU, Linear; biases as a row for the 1
+            self.v1, self.v2 = np.ones((batch, c + 1), np.float32), np.ones((batch, c + 1), np.float32)  # [relu(.) | 1]
+            self.embed, self.embed_lower = f32(prior.embed.weight), f32(prior.embed_lower.weight)
+        self.offsets = prior.offsets.cpu().numpy()
+        self.x0 = self.z[0, :, :c]  # the stack's input, frame -1: zeros
+        self.t = 0
+
+    def new_codes(self, frames: int) -> np.ndarray:
+        return np.zeros((self.batch, frames, self.levels), np.int64)
+
+    def context(self) -> np.ndarray:
+        """(B, C + 1) float32: the summary of frames < t, then a 1 (for the heads' biases)."""
+        t = self.t
+        for x, w_in, y, h, y_past, bias, ring, d, h_a, h_b, gate, z, w_res, x_next in self.layers:
+            np.dot(x, w_in, out=y)
+            h += ring[t % d]  # + x_{t-d} @ W_past + bias
+            np.add(y_past, bias, out=ring[t % d])  # frame t + d's past tap
+            np.tanh(h, out=h)
+            h_b += 1
+            np.multiply(h_a, h_b, out=gate)  # tanh(a)·(1 + tanh(b/2)) = 2·tanh(a)·sigmoid(b)
+            if x_next is not None:  # the last layer's residual feeds nothing
+                np.matmul(z, w_res, out=x_next)
+        np.maximum(self.z.transpose(1, 0, 2).reshape(self.batch, -1) @ self.w_skip, 0, out=self.u[:, :-1])
+        h = np.ones_like(self.u)
+        np.matmul(self.u, self.post, out=h[:, :-1])
+        return h
+
+    def logits(self, h: np.ndarray, codes_t: np.ndarray, level: int) -> np.ndarray:
+        """(B, K) float32 logits of level ``level`` at frame t from ``h`` (``context``'s) and
+        ``codes_t`` (B, ≥level) int64."""
+        (w1, w2), v1, v2 = self.heads[level], self.v1, self.v2
+        if level:  # the summed embeddings of levels 0..level-1 of this frame
+            np.add(h[:, :-1], self.embed_lower[codes_t[:, :level] + self.offsets[:level]].sum(1), out=v1[:, :-1])
+            h = v1
+        np.maximum(h, 0, out=v1)
+        np.matmul(v1, w1, out=v2[:, :-1])
+        np.maximum(v2, 0, out=v2)
+        return v2 @ w2
+
+    def push(self, codes_t: np.ndarray) -> None:
+        """Append frame t's codes (B, L) and move to frame t+1."""
+        np.sum(self.embed[codes_t + self.offsets[:codes_t.shape[1]]], axis=1, out=self.x0)
         self.t += 1
 
 
