@@ -137,17 +137,24 @@ def speed(codec, prior, prior_dir, config, args) -> None:
 
 
 
-def likelihood(prior, config, codec) -> None:
+def prior_validation_files(config):
+    """(the prior's recipe, its validation files: the [prior_data] split, else [data]'s)."""
     from vqaudio.config import from_dict
+    from vqaudio.stages import audio_splits
+
+    recipe = from_dict(config["recipe"])
+    # data folders are relative to the recipes folder
+    recipe.source = str(Path(__file__).resolve().parent.parent / "recipes" / "speech.toml")
+    return recipe, audio_splits(recipe, recipe.prior_files())[1]
+
+
+def likelihood(prior, config, codec) -> None:
     from vqaudio.data.audio import label_of
     from vqaudio.data.codes import encode_files
     from vqaudio.metrics import unigram_entropy_bits
-    from vqaudio.stages import audio_splits, prior_bits_per_code
+    from vqaudio.stages import prior_bits_per_code
 
-    recipe = from_dict(config["recipe"])
-    root = Path(__file__).resolve().parent.parent / "recipes"
-    recipe.source = str(root / "speech.toml")  # data folders are relative to the recipes folder
-    _, val_files = audio_splits(recipe, recipe.prior_files())  # the prior's validation files
+    recipe, val_files = prior_validation_files(config)
     vocab = config["labels"]
     ids = [vocab.index(label_of(f, recipe.data.label_regex)) for f in val_files] if vocab else [0] * len(val_files)
     val = encode_files(codec, val_files, ids, recipe.prior.pad_seconds)
@@ -170,13 +177,9 @@ def likelihood(prior, config, codec) -> None:
 
 def validation_digits(config) -> list[Path]:
     """The prior's validation recordings (its recipe's [prior_data] split), digits only."""
-    from vqaudio.config import from_dict
     from vqaudio.listeners import digit_label
-    from vqaudio.stages import audio_splits
 
-    recipe = from_dict(config["recipe"])
-    recipe.source = str(Path(__file__).resolve().parent.parent / "recipes" / "speech.toml")
-    _, val_files = audio_splits(recipe, recipe.prior_files())
+    _, val_files = prior_validation_files(config)
     return [f for f in val_files if digit_label(f) is not None]
 
 
