@@ -21,10 +21,15 @@ def vqaudio(*args, cwd=None, check=True):
     return p
 
 
+def train_recipe(tmp_path_factory, name: str):
+    """Train ``recipes/<name>.toml`` (both stages) into a fresh run folder; return it."""
+    out = tmp_path_factory.mktemp(name) / name
+    p = vqaudio("train", ROOT / "recipes" / f"{name}.toml", "--out", out)
+    assert f"trained {name}" in p.stdout
+    return out
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """The smoke recipe (VQ-VAE and prior), trained once for every test that uses it."""
-    out = tmp_path_factory.mktemp("run") / "smoke"
-    p = vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", out)
-    assert "trained smoke" in p.stdout
-    return out
+    return train_recipe(tmp_path_factory, "smoke")

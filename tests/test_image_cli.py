@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import train_recipe
 from test_cli import ROOT, vqaudio
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("img") / "kmnist_smoke"
-    p = vqaudio("train", ROOT / "recipes" / "kmnist_smoke.toml", "--out", out)
-    assert "trained kmnist_smoke" in p.stdout
-    return out
+    return train_recipe(tmp_path_factory, "kmnist_smoke")
 
 
 def glyph(path, size=28, mode="L"):
