@@ -110,9 +110,10 @@ def write_image_recipe(tmp_path, text):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[quantizer]\nlevels = 2\n", "'quantizer.levels' must be 1 for images"),
+    ("[quantizer]\nlevels = 0\n", "'quantizer.levels' must be positive"),
     ("[model]\nimage_size = 30\n", "'model.image_size' 30 is not divisible by 2^downsamples = 4"),
     ("[prior]\nkernel = 4\n", "'prior.kernel' must be odd"),
+    ("[quantizer]\nlevels = 2\n[prior]\nlevels = 3\n", "'prior.levels' is 3, but the VQ-VAE has only quantizer.levels = 2"),
     ("[quantizer]\nkind = 'fancy'\n", "'quantizer.kind' must be 'ema' or 'gradient' or 'none'"),
     ("[model]\nstrides = [4]\n", "unknown key 'model.strides'"),
     ("[data2]\n", "unknown section or key 'data2' (did you mean 'data'?)"),

@@ -29,7 +29,9 @@ def test_train_writes_both_models_and_tensorboard(run_dir):
     vq = json.loads((run_dir / "vqvae" / "config.json").read_text())
     prior = json.loads((run_dir / "prior" / "config.json").read_text())
     assert vq["kind"] == "image-vqvae" and vq["grid"] == [7, 7] and vq["num_codes"] == 16
+    assert vq["levels"] == 3 and vq["bits_per_image"] == 7 * 7 * 3 * 4  # 3 residual codes per cell, K = 16
     assert prior["kind"] == "image-prior" and prior["vqvae_model_id"] == vq["model_id"]
+    assert prior["levels"] == 2 and prior["grid"] == [7, 14]  # the first 2 levels, side by side
     assert prior["labels"] == [str(i) for i in range(10)]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -61,7 +63,8 @@ def test_resynth_and_eval_a_glyph(run_dir, tmp_path):
     summary = json.loads(p.stdout)
     assert summary["images"] == 10000 and 0 < summary["mse"] < 0.2
     assert 0 < summary["prior_bits_per_code"] < 2 * summary["log2_k"]
-    assert summary["prior_bits_per_dim"] == pytest.approx(summary["prior_bits_per_code"] * 49 / 784)
+    # The prior models 2 of the 3 levels: 98 codes per 784-pixel glyph.
+    assert summary["prior_bits_per_dim"] == pytest.approx(summary["prior_bits_per_code"] * 98 / 784)
 
 
 def test_plain_autoencoder_baseline_trains_without_a_prior(tmp_path):

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
 from vqaudio.data.images import (
-    ImageDataset, image_grid, load_images, read_image, split_images, write_image,
+    ImageDataset, grid_tiles, image_grid, load_images, read_image, split_images, write_image,
 )
 from vqaudio.errors import VqaudioError
 
@@ -201,6 +201,14 @@ def test_image_grid_layout():
     assert_close(grid[:, 6:10, 8:14], images[4])  # second row, second column
     assert (grid[:, 0] == 0.25).all() and (grid[:, 6:10, 15:] == 0.25).all()  # border, empty slot
     assert image_grid(torch.rand(2, 1, 28, 28)).shape == (1, 32, 62)  # fewer images than nrow
+
+
+def test_grid_tiles_inverts_image_grid():
+    images = torch.rand(7, 1, 28, 28)
+    grid = image_grid(images, nrow=3)
+    assert_close(grid_tiles(grid, 7, (28, 28), nrow=3), images)
+    with pytest.raises(VqaudioError, match="not a grid of 8"):
+        grid_tiles(grid, 8, (28, 28), nrow=4)
 
 
 def test_write_image_png_atomically(tmp_path, monkeypatch):

@@ -108,3 +108,25 @@ def test_no_quantizer_trains_a_plain_autoencoder():
     assert losses[-1] < mean_image_mse(x) / 2, (losses, mean_image_mse(x))
     with pytest.raises(VqaudioError, match="no codes"):
         model.decode(torch.zeros(1, 7, 7, dtype=torch.long))
+
+
+def test_residual_levels_lie_side_by_side_in_the_code_grid():
+    # Several codes per cell: the prior's grid holds each cell's levels in a row, coarse first,
+    # and decoding that grid gives the reconstruction at all levels.
+    from vqaudio.build import build_image_vqvae, image_model_config
+    from vqaudio.config import load_recipe
+    from vqaudio.image_stages import decode_grids, encode_images
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "kmnist_smoke.toml", ["quantizer.levels=3"])
+    model = build_image_vqvae(recipe).eval()
+    assert image_model_config(recipe)["bits_per_image"] == 7 * 21 * 4  # K = 16
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        codes = model.encode(x)  # (N, H, W, levels)
+        grids = encode_images(model, x)
+        assert codes.shape == (4, 7, 7, 3) and grids.shape == (4, 7, 21)
+        assert torch.equal(grids[:, 2, 3 * 5 + 1], codes[:, 2, 5, 1])  # row 2, cell 5, level 1
+        assert_close(decode_grids(model, grids), model(x).x_hat)
+        coarse = encode_images(model, x, levels=2)  # what a prior of prior.levels = 2 models
+        assert torch.equal(coarse, codes[..., :2].flatten(-2))
+        assert_close(decode_grids(model, coarse, levels=2), model(x, levels=2).x_hat)

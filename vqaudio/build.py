@@ -15,7 +15,7 @@ from vqaudio.nn.discriminators import MultiScaleSTFTDiscriminator
 from vqaudio.nn.image import Decoder2d, Encoder2d, NoQuantizer
 from vqaudio.priors.pixelcnn import GatedPixelCNN
 from vqaudio.priors.wavenet import WaveNetPrior, receptive_field
-from vqaudio.quantizer import ResidualVQ, VectorQuantizer
+from vqaudio.quantizer import ResidualVQ
 from vqaudio.vqvae import VQVAE
 
 AUDIO_VQVAE = "audio-vqvae"
@@ -106,24 +106,26 @@ IMAGE_PRIOR = "image-prior"
 
 
 def build_image_vqvae(recipe: ImageRecipe) -> VQVAE:
-    """2-D encoder -> one VectorQuantizer (the same module as audio, one level) -> decoder;
-    ``quantizer.kind = "none"`` puts a pass-through in its place (the plain autoencoder)."""
-    m, q = recipe.model, recipe.quantizer
+    """2-D encoder -> the residual quantizer of the audio path (``quantizer.levels`` codes per
+    grid cell) -> decoder; ``quantizer.kind = "none"`` puts a pass-through in its place (the
+    plain autoencoder)."""
+    m = recipe.model
     args = dict(channels=m.channels, downsamples=m.downsamples, latent_dim=m.latent_dim,
                 res_blocks=m.res_blocks, global_code=m.global_code, image_size=m.image_size)
-    if q.kind == "none":
-        quantizer = NoQuantizer()
-    else:
-        quantizer = VectorQuantizer(
-            m.latent_dim, q.num_codes, kind=q.kind, beta=q.beta, decay=q.decay, eps=q.eps,
-            kmeans_init=q.kmeans_init, kmeans_iters=q.kmeans_iters, restart_after=q.restart_after,
-            cosine=q.cosine, code_dim=q.code_dim or None)
+    quantizer = NoQuantizer() if recipe.quantizer.kind == "none" else build_quantizer(recipe, m.latent_dim)
     return VQVAE(Encoder2d(m.in_channels, **args), quantizer, Decoder2d(m.in_channels, **args))
 
 
 def image_grid_shape(recipe: ImageRecipe) -> tuple[int, int]:
+    """The grid of cells the encoder makes, (H, W)."""
     side = 1 if recipe.model.global_code else recipe.model.image_size // 2 ** recipe.model.downsamples
     return side, side
+
+
+def image_code_grid_shape(recipe: ImageRecipe, levels: int) -> tuple[int, int]:
+    """A grid of codes of ``levels`` levels, (H, W * levels): each cell's levels side by side."""
+    h, w = image_grid_shape(recipe)
+    return h, w * levels
 
 
 def image_model_config(recipe: ImageRecipe) -> dict[str, Any]:
@@ -132,8 +134,10 @@ def image_model_config(recipe: ImageRecipe) -> dict[str, Any]:
         "in_channels": recipe.model.in_channels,
         "image_size": recipe.model.image_size,
         "grid": list(image_grid_shape(recipe)),
+        "levels": recipe.quantizer.levels,
         "num_codes": recipe.quantizer.num_codes if recipe.quantizer.kind != "none" else 0,
-        "bits_per_image": (math.prod(image_grid_shape(recipe)) * math.log2(recipe.quantizer.num_codes)
+        "bits_per_image": (math.prod(image_code_grid_shape(recipe, recipe.quantizer.levels))
+                           * math.log2(recipe.quantizer.num_codes)
                            if recipe.quantizer.kind != "none" else None),
         "recipe": recipe.to_dict(),
     }
@@ -149,7 +153,8 @@ def image_prior_config(recipe: ImageRecipe, vqvae_config: dict[str, Any], labels
     return {
         "kind": IMAGE_PRIOR,
         "vqvae_model_id": vqvae_config["model_id"],
-        "grid": vqvae_config["grid"],
+        "levels": recipe.prior.levels,
+        "grid": list(image_code_grid_shape(recipe, recipe.prior.levels)),  # (H, W * levels)
         "num_codes": recipe.quantizer.num_codes,
         "labels": labels,
         "recipe": recipe.to_dict(),

@@ -170,6 +170,7 @@ class ImageModelConfig:
 
 @dataclass
 class PixelCNNConfig:
+    levels: int = 1  # residual-VQ levels the prior models (sampled images decode at that many)
     channels: int = 64
     layers: int = 8
     kernel: int = 3
@@ -410,12 +411,14 @@ def _validate_image(r: ImageRecipe) -> None:
     _check_ranges(r, positive={
         "model.in_channels": m.in_channels, "model.image_size": m.image_size, "model.channels": m.channels,
         "model.latent_dim": m.latent_dim, "prior.channels": r.prior.channels, "prior.layers": r.prior.layers,
+        "prior.levels": r.prior.levels,
     }, non_negative={"model.downsamples": m.downsamples, "model.res_blocks": m.res_blocks,
                      "data.val_count": r.data.val_count, "data.max_images": r.data.max_images})
-    if r.quantizer.levels != 1:
-        raise bad("quantizer.levels", f"must be 1 for images (one code per grid cell), got {r.quantizer.levels}")
     if m.image_size % 2 ** m.downsamples:
         raise bad("model.image_size", f"{m.image_size} is not divisible by 2^downsamples = {2 ** m.downsamples}")
+    if r.prior.levels > r.quantizer.levels:
+        raise bad("prior.levels", f"is {r.prior.levels}, but the VQ-VAE has only "
+                  f"quantizer.levels = {r.quantizer.levels}")
     if r.prior.kernel < 3 or r.prior.kernel % 2 == 0:
         raise bad("prior.kernel", f"must be odd and at least 3, got {r.prior.kernel}")
     if r.data.val_count < 1:

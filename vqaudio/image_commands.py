@@ -14,7 +14,7 @@ from vqaudio.build import load_image_prior, load_image_vqvae
 from vqaudio.codec import resolve_model_dir
 from vqaudio.data.images import IMAGE_EXTENSIONS, image_grid, load_images, read_image, write_image
 from vqaudio.errors import VqaudioError
-from vqaudio.image_stages import grid_nats
+from vqaudio.image_stages import decode_grids, encode_images, grid_nats
 from vqaudio.metrics import perplexity
 from vqaudio.priors.sampling import Controls
 
@@ -80,7 +80,7 @@ def evaluate_images(inputs: list[Path], model: Path) -> dict:
     summary: dict = {"images": len(x), "mse": mse, "psnr_db": psnr_db(mse)}
     if not config["num_codes"]:
         return summary  # a plain autoencoder: no codes
-    codes = torch.cat([vqvae.encode(b) for b in x.split(512)])
+    codes = encode_images(vqvae, x)
     k = config["num_codes"]
     summary.update(bits_per_image=config["bits_per_image"], perplexity=perplexity(codes.flatten(), k),
                    codes_used_share=codes.unique().numel() / k)
@@ -94,8 +94,9 @@ def evaluate_images(inputs: list[Path], model: Path) -> dict:
                 raise VqaudioError(f"this prior is conditioned on the labels {', '.join(vocab)}; evaluate a "
                                    f"set labelled with them (found {sorted(map(str, unknown))[:3]})")
             label_ids = torch.tensor([vocab.index(n) for n in names])
-        nats = grid_nats(prior, codes, label_ids)
-        summary["prior_bits_per_code"] = nats / codes.numel() / math.log(2)
+        prior_codes = encode_images(vqvae, x, prior_config["levels"])  # the levels it models
+        nats = grid_nats(prior, prior_codes, label_ids)
+        summary["prior_bits_per_code"] = nats / prior_codes.numel() / math.log(2)
         summary["prior_bits_per_dim"] = nats / x[0].numel() / len(x) / math.log(2)  # per pixel value
         summary["log2_k"] = math.log2(k)
     return summary
@@ -113,6 +114,6 @@ def sample_images(vqvae_dir: Path, prior_dir: Path, num: int, output: Path, cont
         raise VqaudioError(f"model {prior_dir}: this prior was trained on the codes of another VQ-VAE; "
                            "retrain it with --stage prior")
     grids = prior.sample(num, tuple(prior_config["grid"]), controls, label_ids)
-    images = vqvae.decode(grids).clamp(0, 1)
+    images = decode_grids(vqvae, grids, prior_config["levels"]).clamp(0, 1)
     write_image(output, image_grid(images, nrow=math.ceil(math.sqrt(num))))
     return {"output": str(output), "images": num, "grid": prior_config["grid"]}

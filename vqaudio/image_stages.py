@@ -97,7 +97,8 @@ class ImageVQVAEStage:
 
 
 class ImagePriorStage:
-    """PixelCNN cross-entropy on the code grids of the VQ-VAE in the run folder."""
+    """PixelCNN cross-entropy on the code grids of the VQ-VAE in the run folder (its first
+    ``prior.levels`` levels)."""
 
     name = "prior"
 
@@ -105,6 +106,7 @@ class ImagePriorStage:
                  val_labels: Tensor, train_codes: Tensor, labels: list[str]):
         self.recipe, self.vqvae, self.vqvae_config, self.labels = recipe, vqvae, vqvae_config, labels
         self.val_codes, self.val_labels, self.train_codes = val_codes, val_labels, train_codes
+        self.levels = recipe.prior.levels
         self.model = build_image_prior(recipe, len(labels))
 
     def _labels(self, labels: Tensor) -> Tensor | None:
@@ -130,8 +132,8 @@ class ImagePriorStage:
         grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step), labels).cpu()
         independent = independent_codes(self.train_codes, n, k, seed=step)
         writer.add_image(f"{self.name}/samples_vs_independent_codes",
-                         side_by_side(self.vqvae.decode(grids).clamp(0, 1),
-                                      self.vqvae.decode(independent).clamp(0, 1)), step)
+                         side_by_side(decode_grids(self.vqvae, grids, self.levels).clamp(0, 1),
+                                      decode_grids(self.vqvae, independent, self.levels).clamp(0, 1)), step)
         return metrics
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
@@ -140,7 +142,7 @@ class ImagePriorStage:
 
 @torch.no_grad()
 def grid_nats(prior, codes: Tensor, labels: Tensor | None, batch: int = 512) -> float:
-    """The prior's total negative log-likelihood (nats) of code grids (N, H, W); ``labels``
+    """The prior's total negative log-likelihood (nats) of code grids (N, H, W * levels); ``labels``
     (N,) for a conditioned prior, else None."""
     total, device = 0.0, next(prior.parameters()).device
     for i in range(0, len(codes), batch):
@@ -164,8 +166,17 @@ def image_vqvae_stage(recipe: ImageRecipe):
 
 
 @torch.no_grad()
-def encode_images(model, images: Tensor) -> Tensor:
-    return torch.cat([model.encode(x) for x in images.split(512)])
+def encode_images(model, images: Tensor, levels: int | None = None) -> Tensor:
+    """Images (N, C, H', W') -> code grids (N, H, W * levels), the layout the prior models:
+    the codes of the first ``levels`` levels (default all), (N, H, W, levels), with each cell's
+    levels side by side in its row, coarse first, so the PixelCNN's raster order draws a cell's
+    levels one after the other."""
+    return torch.cat([model.encode(x, levels).flatten(-2) for x in images.split(512)])
+
+
+def decode_grids(model, grids: Tensor, levels: int | None = None) -> Tensor:
+    """Code grids (N, H, W * levels) -> images: the inverse of :func:`encode_images`."""
+    return model.decode(grids.unflatten(-1, (-1, levels or model.quantizer.num_levels)))
 
 
 def image_prior_stage(recipe: ImageRecipe, run_dir: Path):
@@ -178,11 +189,13 @@ def image_prior_stage(recipe: ImageRecipe, run_dir: Path):
         raise VqaudioError(f"no trained VQ-VAE in {run_dir / 'vqvae'}; train it first with "
                            f"'vqaudio train {recipe.source or 'RECIPE'} --stage vqvae --out {run_dir}'")
     vqvae, config = load_image_vqvae(run_dir / "vqvae")
-    if config["num_codes"] != recipe.quantizer.num_codes or config["grid"] != list(image_grid_shape(recipe)):
+    if (config["num_codes"] != recipe.quantizer.num_codes or config["grid"] != list(image_grid_shape(recipe))
+            or config["levels"] != recipe.quantizer.levels):
         raise VqaudioError(f"the VQ-VAE in {run_dir / 'vqvae'} does not match this recipe's quantizer "
                            "or grid; retrain it with --stage all")
     train, val = image_splits(recipe)
-    train_codes, val_codes = encode_images(vqvae, train.images), encode_images(vqvae, val.images)
+    levels = recipe.prior.levels
+    train_codes, val_codes = encode_images(vqvae, train.images, levels), encode_images(vqvae, val.images, levels)
     labels = train.label_names if recipe.prior.conditional else []
     zeros = lambda s: torch.zeros(len(s.images), dtype=torch.long)
     val_labels = val.labels if val.labels is not None else zeros(val)

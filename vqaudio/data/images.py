@@ -174,6 +174,22 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float
     return grid
 
 
+def grid_tiles(grid: Tensor, count: int, size: tuple[int, int], nrow: int = 8, padding: int = 2) -> Tensor:
+    """The inverse of :func:`image_grid`: the first ``count`` tiles (N, C, H, W) of ``size``
+    (H, W) cut back out of a grid image (C, H', W') laid out with the same ``nrow`` and
+    ``padding`` (e.g. a ``vqaudio sample`` PNG read back for judging)."""
+    (h, w), cols = size, min(nrow, count)
+    rows = math.ceil(count / cols)
+    if grid.shape[-2:] != (rows * (h + padding) + padding, cols * (w + padding) + padding):
+        raise VqaudioError(f"a {grid.shape[-1]}x{grid.shape[-2]} image is not a grid of {count} "
+                           f"{w}x{h} tiles, {cols} per row")
+    tiles = []
+    for i in range(count):
+        top, left = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
+        tiles.append(grid[:, top: top + h, left: left + w])
+    return torch.stack(tiles)
+
+
 def write_image(path: str | os.PathLike, image) -> None:
     """Write ``image`` ((C, H, W) or (H, W), C = 1 or 3, values clipped to [0, 1]; a tensor or
     a numpy array) as an 8-bit PNG (or JPEG, by the file's suffix), atomically: the target
