@@ -64,19 +64,16 @@ def train(recipe: Path, out: Path, *overrides: str, stage: str = "all") -> float
 
 
 @torch.no_grad()
-def val_mse(run: Path, images: Tensor) -> float:
-    from vqaudio.build import load_image_vqvae
-
-    model, _ = load_image_vqvae(run / "vqvae")
-    return sum(F.mse_loss(model(x).x_hat, x, reduction="sum").item() for x in images.split(500)) / images.numel()
-
-
-@torch.no_grad()
 def reconstructions(run: Path, images: Tensor) -> Tensor:
+    """The VQ-VAE's (or autoencoder's) reconstructions, in [0, 1] (its decoder ends in a sigmoid)."""
     from vqaudio.build import load_image_vqvae
 
     model, _ = load_image_vqvae(run / "vqvae")
-    return torch.cat([model(x).x_hat.clamp(0, 1) for x in images.split(500)])
+    return torch.cat([model(x).x_hat for x in images.split(500)])
+
+
+def val_mse(run: Path, images: Tensor) -> float:
+    return F.mse_loss(reconstructions(run, images), images).item()
 
 
 @torch.no_grad()

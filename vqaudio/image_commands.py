@@ -94,7 +94,8 @@ def evaluate_images(inputs: list[Path], model: Path) -> dict:
                 raise VqaudioError(f"this prior is conditioned on the labels {', '.join(vocab)}; evaluate a "
                                    f"set labelled with them (found {sorted(map(str, unknown))[:3]})")
             label_ids = torch.tensor([vocab.index(n) for n in names])
-        prior_codes = encode_images(vqvae, x, prior_config["levels"])  # the levels it models
+        # The levels it models, cut from the codes above rather than encoding the images again.
+        prior_codes = codes.unflatten(-1, (-1, config["levels"]))[..., : prior_config["levels"]].flatten(-2)
         nats = grid_nats(prior, prior_codes, label_ids)
         summary["prior_bits_per_code"] = nats / prior_codes.numel() / math.log(2)
         summary["prior_bits_per_dim"] = nats / x[0].numel() / len(x) / math.log(2)  # per pixel value

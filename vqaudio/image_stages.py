@@ -106,7 +106,6 @@ class ImagePriorStage:
                  val_labels: Tensor, train_codes: Tensor, labels: list[str]):
         self.recipe, self.vqvae, self.vqvae_config, self.labels = recipe, vqvae, vqvae_config, labels
         self.val_codes, self.val_labels, self.train_codes = val_codes, val_labels, train_codes
-        self.levels = recipe.prior.levels
         self.model = build_image_prior(recipe, len(labels))
 
     def _labels(self, labels: Tensor) -> Tensor | None:
@@ -132,8 +131,8 @@ class ImagePriorStage:
         grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step), labels).cpu()
         independent = independent_codes(self.train_codes, n, k, seed=step)
         writer.add_image(f"{self.name}/samples_vs_independent_codes",
-                         side_by_side(decode_grids(self.vqvae, grids, self.levels).clamp(0, 1),
-                                      decode_grids(self.vqvae, independent, self.levels).clamp(0, 1)), step)
+                         side_by_side(decode_grids(self.vqvae, grids, self.recipe.prior.levels).clamp(0, 1),
+                                      decode_grids(self.vqvae, independent, self.recipe.prior.levels).clamp(0, 1)), step)
         return metrics
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
