@@ -99,3 +99,29 @@ def test_bad_init_is_refused_before_any_file_is_written(base, tmp_path, case, me
         train_recipe(recipe, out, resume=resume, init=init)
     assert message.format(base=base) in str(e.value) and "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_decoder_only_fine_tune_keeps_every_code_and_trains_the_decoder(base, tmp_path):
+    """train.decoder_only: the decoder learns (at a real learning rate), while the encoder and
+    the codebooks (EMA sums, counts, restarts, k-means) stay bitwise as loaded, so the codes
+    of every input, and any prior trained on them, stay valid."""
+    out = tmp_path / "ft"
+    recipe = load_recipe(SMOKE, ["train.decoder_only=true", "train.steps=3", "train.lr=1e-2",
+                                 "train.warmup_steps=0", "quantizer.restart_after=1"])
+    train_recipe(recipe, out, stage="vqvae", init=base / "vqvae")
+    before, after = weights(base, "vqvae"), weights(out, "vqvae")
+    kept = [k for k in before if not k.startswith("decoder.")]
+    assert any(k.startswith("quantizer.") for k in kept) and any(k.startswith("encoder.") for k in kept)
+    for k in kept:
+        assert torch.equal(after[k], before[k]), k
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder."))
+
+
+def test_decoder_only_needs_trained_weights_to_keep(tmp_path):
+    out = tmp_path / "ft"
+    with pytest.raises(VqaudioError, match=r"train.decoder_only keeps the encoder and codebooks as they are, "
+                                           r"so it needs trained ones: pass --init MODEL_DIR"):
+        train_recipe(load_recipe(SMOKE, ["train.decoder_only=true"]), out)
+    assert not out.exists()
+    with pytest.raises(VqaudioError, match="'prior_train.decoder_only' is for the VQ-VAE stage"):
+        load_recipe(SMOKE, ["prior_train.decoder_only=true"])

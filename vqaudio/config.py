@@ -100,6 +100,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     num_threads: int = 0  # torch threads; 0 = torch's default
     nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" with an error, or "skip" the batch
+    # VQ-VAE stage only: train the decoder alone. The encoder and codebooks keep their --init
+    # weights, so every input keeps its codes and priors trained on them stay valid.
+    decoder_only: bool = False
 
 
 @dataclass
@@ -332,6 +335,8 @@ def _check_ranges(r, positive: dict[str, Any], non_negative: dict[str, Any]) -> 
     for name in ("train", "prior_train"):
         if getattr(r, name).nonfinite not in ("stop", "skip"):
             raise bad(f"{name}.nonfinite", f"must be 'stop' or 'skip', got {getattr(r, name).nonfinite!r}")
+    if r.prior_train.decoder_only:
+        raise bad("prior_train.decoder_only", "is for the VQ-VAE stage ([train]); the prior has no decoder")
     if not r.name or "/" in r.name:
         raise bad("name", f"must be a plain folder name, got {r.name!r}")
 

@@ -60,6 +60,8 @@ class ImageVQVAEStage:
     def __init__(self, recipe: ImageRecipe, val: ImageSet):
         self.recipe, self.val = recipe, val.images
         self.model = build_image_vqvae(recipe)
+        if recipe.train.decoder_only:
+            self.model.freeze_codes()
         self.quantized = recipe.quantizer.kind != "none"
         self.num_codes = recipe.quantizer.num_codes if self.quantized else 0  # collapse warning
 

@@ -52,6 +52,8 @@ class AudioVQVAEStage:
         self.recipe = recipe
         self.num_codes = recipe.quantizer.num_codes  # for the collapse warning
         self.model = build_audio_vqvae(recipe)
+        if recipe.train.decoder_only:
+            self.model.freeze_codes()
         self.criterion = ReconstructionLoss(
             recipe.data.sample_rate, {"l1": recipe.loss.l1, "stft": recipe.loss.stft,
                                       "mel": recipe.loss.mel})

@@ -368,6 +368,9 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
     if init is not None and resume:
         raise VqaudioError("--init and --resume do not go together: --resume continues this run's own "
                            "checkpoints, --init starts a new run from a model's weights; drop one")
+    if recipe.train.decoder_only and stage != "prior" and init is None and not resume:
+        raise VqaudioError("train.decoder_only keeps the encoder and codebooks as they are, so it needs "
+                           "trained ones: pass --init MODEL_DIR (or set train.decoder_only = false)")
     start = None  # the model folders --init names
     if init is not None:
         from vqaudio.finetune import init_models, load_init

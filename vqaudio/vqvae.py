@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,6 +30,7 @@ class VQVAE(nn.Module):
     def __init__(self, encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module, hop: int = 1):
         super().__init__()
         self.encoder, self.quantizer, self.decoder, self.hop = encoder, quantizer, decoder, hop
+        self.codes_frozen = False
 
     def _pad(self, x: Tensor) -> Tensor:
         extra = -x.shape[-1] % self.hop
@@ -38,8 +40,20 @@ class VQVAE(nn.Module):
         z = self.encoder(self._pad(x)).movedim(1, -1)  # (B, *S, D)
         return self.quantizer(z, levels) if levels else self.quantizer(z)
 
+    def freeze_codes(self) -> None:
+        """Train the decoder alone from now on (``train.decoder_only``): the encoder and the
+        codebooks take no gradient, EMA update, k-means or restart, so every input keeps its
+        codes (and priors trained on them stay valid). Quantizer dropout still varies the levels."""
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.codes_frozen = True
+
     def forward(self, x: Tensor, levels: int | None = None) -> VQVAEOutput:
-        q = self.quantize(x, levels)
+        if self.codes_frozen:
+            with torch.no_grad():  # the quantizer updates its codebooks only with grad enabled
+                q = self.quantize(x, levels)
+        else:
+            q = self.quantize(x, levels)
         x_hat = self.decoder(q.z_q.movedim(-1, 1))
         return VQVAEOutput(x_hat[..., : x.shape[-1]], q)
 
