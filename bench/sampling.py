@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--compare", nargs="*", default=[],
                     help="more run folders (other priors) for the quality table; the first row is --model")
     ap.add_argument("--controls", nargs="*", default=[""],
-                    help='sampling settings for the quality table, e.g. "" (defaults) "t=0.8" "t=1,k=50" "p=0.9"')
+                    help='sampling settings for the quality table, e.g. "" (defaults) "t=0.8" "t=1,k=50" "p=0.9" "g=3"')
     ap.add_argument("--per-label", type=int, default=10, help="quality: clips per digit")
     ap.add_argument("--real-files", type=int, default=50,
                     help="quality: how many of the prior's validation recordings to judge (DNSMOS costs ~0.3-4 s per clip)")
@@ -233,10 +233,11 @@ def sample_row(codec, prior, config, controls, per_label: int, seconds: float) -
 
 
 def parse_controls(text: str):
-    """"t=0.8,k=50,p=0.9" -> Controls (t temperature, k top-k, p top-p; unnamed keep defaults)."""
+    """"t=0.8,k=50,p=0.9,g=3" -> Controls (t temperature, k top-k, p top-p, g guidance; unnamed
+    keep the defaults, guidance the prior's own)."""
     from vqaudio.priors.sampling import Controls
 
-    names = {"t": "temperature", "k": "top_k", "p": "top_p"}
+    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance"}
     kwargs = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
@@ -249,6 +250,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
     from vqaudio.build import load_audio_prior
     from vqaudio.codec import load_codec
     from vqaudio.generate import resolve_run
+    from vqaudio.priors.sampling import with_default_guidance
 
     print(f"\n### Samples judged by the listeners ({per_label} clips of {seconds:g} s per digit, "
           f"seeds 0-{per_label - 1}; PocketSphinx with a grammar of the ten digit words; DNSMOS P.835)\n")
@@ -266,7 +268,10 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
                 print(f"| {row} | | {r['n']} | {r['asked']:.0%} | {r['some']:.0%} | {r['ovrl']:.2f} |", flush=True)
         for text in controls_list:
             t0 = time.perf_counter()
-            r = sample_row(codec, prior, config, parse_controls(text), per_label, seconds)
+            controls = with_default_guidance(parse_controls(text), config)
+            if not text:
+                text = f"defaults (guidance {controls.guidance:g})"
+            r = sample_row(codec, prior, config, controls, per_label, seconds)
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"
                   f" <!-- {time.perf_counter() - t0:.0f} s -->", flush=True)

@@ -262,7 +262,8 @@ def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no_prior", "unknown_label", "zero_seconds", "negative_seconds",
-                                  "missing_model", "bad_top_p", "missing_folder", "not_wav"])
+                                  "missing_model", "bad_top_p", "missing_folder", "not_wav", "bad_guidance",
+                                  "unguidable"])
 def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     import shutil
 
@@ -270,7 +271,8 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
     args = {"no_prior": ["--model", run_dir / "vqvae"], "unknown_label": ["--label", "11"],
             "zero_seconds": ["--seconds", "0"], "negative_seconds": ["--seconds", "-2"],
             "missing_model": ["--model", tmp_path / "nowhere"], "bad_top_p": ["--top-p", "1.5"],
-            "missing_folder": ["-o", tmp_path / "no" / "s.wav"], "not_wav": ["-o", tmp_path / "s.mp3"]}[case]
+            "missing_folder": ["-o", tmp_path / "no" / "s.wav"], "not_wav": ["-o", tmp_path / "s.mp3"],
+            "bad_guidance": ["--guidance", "-1"], "unguidable": ["--guidance", "2", "--label", "3"]}[case]
     if case == "no_prior":
         shutil.copytree(run_dir / "vqvae", tmp_path / "run" / "vqvae")
         args = ["--model", tmp_path / "run"]
@@ -285,7 +287,8 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
     expected = {"no_prior": "has no prior", "unknown_label": "not a label this prior was trained with",
                 "zero_seconds": "--seconds must be positive", "negative_seconds": "--seconds must be positive",
                 "missing_model": "no such folder", "bad_top_p": "--top-p",
-                "missing_folder": "does not exist", "not_wav": "ending in .wav"}[case]
+                "missing_folder": "does not exist", "not_wav": "ending in .wav",
+                "bad_guidance": "--guidance must be 0 or more", "unguidable": "trained without prior.label_dropout"}[case]
     assert expected in lines[0]
     assert sorted(tmp_path.rglob("*")) == before
 

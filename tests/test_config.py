@@ -64,6 +64,10 @@ def write(tmp_path, text):
     ("[model]\ndecoder_layers = 0\n", "'model.decoder_layers' must be positive"),
     ("[loss]\nfeature_matching = 2.0\n", "'loss.feature_matching' needs a discriminator"),
     ("[loss]\nadversarial = -1.0\n", "'loss.adversarial' must not be negative"),
+    ("[prior]\nlabel_dropout = 0.1\n", "'prior.label_dropout' needs a label-conditioned prior"),
+    ("[prior]\nlabel_dropout = 1.0\n", "'prior.label_dropout' must be at least 0 and below 1"),
+    ("[prior]\nguidance = 2.0\n", "'prior.guidance' needs a prior trained with label dropout"),
+    ("[prior_train]\ndecoder_only = true\n", "'prior_train.decoder_only' is for the VQ-VAE stage"),
 ])
 def test_bad_recipes_name_file_section_and_key(tmp_path, text, message):
     p = write(tmp_path, text)

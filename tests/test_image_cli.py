@@ -51,6 +51,13 @@ def test_sample_writes_an_image_grid_deterministically(run_dir, tmp_path):
     assert img.shape == (3 * 30 + 2, 3 * 30 + 2)  # 3x3 glyphs of 28 px with 2-px gaps
     vqaudio("sample", "--num", "9", "-o", tmp_path / "t.png", "--model", run_dir, "--label", "3", "--seed", "2")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "t.png")), img)
+    # The recipe's prior.guidance (2) is the default: --guidance 2 draws the same, --guidance 1 not.
+    vqaudio("sample", "--num", "9", "-o", tmp_path / "g2.png", "--model", run_dir, "--label", "3", "--seed", "2",
+            "--guidance", "2")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g2.png")), img)
+    vqaudio("sample", "--num", "9", "-o", tmp_path / "g1.png", "--model", run_dir, "--label", "3", "--seed", "2",
+            "--guidance", "1")
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "g1.png")), img)
 
 
 def test_resynth_and_eval_a_glyph(run_dir, tmp_path):

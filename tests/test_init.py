@@ -1,9 +1,12 @@
 """vqaudio train RECIPE --init MODEL: a new run starts from a model's weights (fine-tuning),
 with a fresh optimizer and schedule; what does not fit is refused before any file is written."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
@@ -115,6 +118,18 @@ def test_decoder_only_fine_tune_keeps_every_code_and_trains_the_decoder(base, tm
     for k in kept:
         assert torch.equal(after[k], before[k]), k
     assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder."))
+    # A new model, with the codes of the old: the old model's prior samples through the new
+    # decoder (a fine-tune that moved the encoder is refused the same prior).
+    ft, base_config = json.loads((out / "vqvae" / "config.json").read_text()), json.loads((base / "vqvae" / "config.json").read_text())
+    assert ft["model_id"] != base_config["model_id"] and ft["codes_id"] == base_config["model_id"]
+    shutil.copytree(base / "prior", out / "prior")
+    vqaudio("sample", "--model", out, "--seconds", "0.25", "--label", "3", "-o", tmp_path / "s.wav")
+    assert sf.info(tmp_path / "s.wav").frames == 2000
+    moved = tmp_path / "moved"
+    train_recipe(load_recipe(SMOKE, ["train.steps=2"]), moved, stage="vqvae", init=base / "vqvae")
+    shutil.copytree(base / "prior", moved / "prior")
+    p = vqaudio("sample", "--model", moved, "--seconds", "0.25", "-o", tmp_path / "t.wav", check=False)
+    assert p.returncode == 1 and "trained on the codes of another VQ-VAE" in p.stderr
 
 
 def test_decoder_only_needs_trained_weights_to_keep(tmp_path):

@@ -20,9 +20,10 @@ def random_head(model: GatedPixelCNN) -> GatedPixelCNN:
     return model.eval()
 
 
-def prior(kernel=3, num_labels=0, layers=4, seed=0) -> GatedPixelCNN:
+def prior(kernel=3, num_labels=0, layers=4, seed=0, null_label=False) -> GatedPixelCNN:
     torch.manual_seed(seed)
-    return random_head(GatedPixelCNN(K, channels=16, layers=layers, kernel=kernel, num_labels=num_labels))
+    return random_head(GatedPixelCNN(K, channels=16, layers=layers, kernel=kernel, num_labels=num_labels,
+                                     null_label=null_label))
 
 
 def flat_logits(model, codes, labels=None):
@@ -145,6 +146,30 @@ def test_sampling_is_seeded_and_equals_the_reference_loop(num_labels):
     for kw in ({}, {"top_k": 3}, {"top_p": 0.8, "temperature": 0.7}):
         ref = reference_sample(lambda c: model(c, labels), (H, W), 6, Controls(seed=3, **kw))
         assert torch.equal(draw(3, **kw), ref)
+
+
+def test_guided_sampling_equals_the_reference_loop_on_guided_logits():
+    """Classifier-free guidance: the row-cached loop, running every grid with its label and
+    with the null label (label 10), draws what the full-recompute loop draws from the logits
+    u + g (c - u); g = 1 is plain conditioning, and other g change the draws."""
+    model = prior(num_labels=10, null_label=True)
+    with torch.no_grad():  # a null label as different from the others as they are from each other
+        torch.nn.init.normal_(model.layers[0].cond.weight)
+    labels, null = torch.arange(6), torch.full((6,), 10)
+    plain = model.sample(6, (H, W), Controls(seed=3), labels)
+    assert torch.equal(model.sample(6, (H, W), Controls(seed=3, guidance=1.0), labels), plain)
+    for g in (0.0, 2.5):
+        guided_logits = lambda c: model(c, null) + g * (model(c, labels) - model(c, null))  # noqa: E731
+        ref = reference_sample(guided_logits, (H, W), 6, Controls(seed=3))
+        drawn = model.sample(6, (H, W), Controls(seed=3, guidance=g), labels)
+        assert torch.equal(drawn, ref) and not torch.equal(drawn, plain)
+
+
+def test_guidance_needs_a_prior_with_a_null_label():
+    with pytest.raises(VqaudioError, match="trained without prior.label_dropout"):
+        prior(num_labels=10).sample(2, (H, W), Controls(guidance=2.0), torch.arange(2))
+    with pytest.raises(VqaudioError, match="--guidance needs a label-conditioned prior"):
+        prior().sample(2, (H, W), Controls(guidance=2.0))
 
 
 def test_temperature_zero_is_greedy():

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from vqaudio.priors.sampling import Controls, Sampler, filter_logits, reference_sample
-from vqaudio.priors.wavenet import NumpyStepper, WaveNetPrior, sequence_logits_fn
+from vqaudio.errors import VqaudioError
+from vqaudio.priors.sampling import Controls, Sampler, drop_labels, filter_logits, reference_sample
+from vqaudio.priors.wavenet import GuidedStep, NumpyStepper, WaveNetPrior, sequence_logits_fn
 
 
 def randomised(prior: WaveNetPrior, std: float = 0.5) -> WaveNetPrior:
@@ -69,6 +70,44 @@ def test_cached_sampler_equals_full_recompute_reference(conditioned):
         reference = reference_sample(sequence_logits_fn(prior, labels), (30, 2), 3, controls)
         assert torch.equal(cached, reference)
         assert cached.unique().numel() > 3  # a real draw, not a constant
+
+
+def test_guided_samplers_equal_the_reference_on_guided_logits():
+    """Classifier-free guidance: the numpy path and the torch FrameStepper loop, each running
+    every row with its label and with the null label (label 4), draw what the full-recompute
+    reference draws from u + g (c - u). g = 1 is the plain conditioned prior; others differ."""
+    prior = randomised(WaveNetPrior(24, levels=2, channels=16, cycles=2, layers_per_cycle=3, num_labels=4,
+                                    null_label=True))
+    with torch.no_grad():
+        for layer in prior.layers:
+            torch.nn.init.normal_(layer.label.weight)
+    labels = torch.tensor([0, 3, 1])
+    plain = prior.generate(3, 30, Controls(seed=7), labels)
+    assert torch.equal(prior.generate(3, 30, Controls(seed=7, guidance=1.0), labels), plain)
+    for g in (0.0, 3.0):
+        controls = Controls(seed=7, guidance=g)
+        cached = prior.generate(3, 30, controls, labels)
+        reference = reference_sample(sequence_logits_fn(prior, labels, g), (30, 2), 3, controls)
+        torch_path = prior._generate(GuidedStep(prior.stepper(6, torch.cat([labels, torch.full((3,), 4)])), 3, g),
+                                     Sampler(controls, 3, 60), 3, 30, None)
+        assert torch.equal(cached, reference) and torch.equal(torch_path, reference)
+        assert not torch.equal(cached, plain)
+
+
+def test_guidance_needs_a_prior_trained_with_label_dropout():
+    prior = randomised(WaveNetPrior(24, levels=2, channels=16, cycles=1, layers_per_cycle=3, num_labels=4))
+    with pytest.raises(VqaudioError, match="trained without prior.label_dropout"):
+        prior.generate(2, 5, Controls(guidance=2.0), torch.tensor([0, 1]))
+
+
+def test_label_dropout_replaces_that_share_of_labels_by_the_null_label():
+    torch.manual_seed(0)
+    labels = torch.randint(10, (20000,))
+    dropped = drop_labels(labels, 0.1, 10)
+    nulled = dropped == 10
+    assert abs(nulled.float().mean().item() - 0.1) < 0.01
+    assert torch.equal(dropped[~nulled], labels[~nulled])
+    assert torch.equal(drop_labels(labels, 0.0, 10), labels)
 
 
 def test_numpy_stepper_computes_the_torch_steppers_logits():

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vqaudio.checkpoint import load_into, read_config
+from vqaudio.checkpoint import codes_id, load_into, read_config
 from vqaudio.config import ImageRecipe, Recipe, from_dict
 from vqaudio.errors import VqaudioError
 from vqaudio.nn.audio import Decoder1d, Encoder1d, FourierDecoder
@@ -73,7 +73,8 @@ AUDIO_PRIOR = "audio-prior"
 def build_audio_prior(recipe: Recipe, num_labels: int) -> WaveNetPrior:
     p = recipe.prior
     return WaveNetPrior(recipe.quantizer.num_codes, levels=p.levels, channels=p.channels,
-                        cycles=p.cycles, layers_per_cycle=p.layers_per_cycle, num_labels=num_labels)
+                        cycles=p.cycles, layers_per_cycle=p.layers_per_cycle, num_labels=num_labels,
+                        null_label=p.label_dropout > 0)
 
 
 def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: lis
     return {
         "kind": AUDIO_PRIOR,
         "vqvae_model_id": vqvae_config["model_id"],
+        "vqvae_codes_id": codes_id(vqvae_config),  # the codes it models (a decoder-only fine-tune keeps them)
         "sample_rate": vqvae_config["sample_rate"],
         "frames_per_second": vqvae_config["frames_per_second"],
         "num_codes": recipe.quantizer.num_codes,
@@ -146,13 +148,14 @@ def image_model_config(recipe: ImageRecipe) -> dict[str, Any]:
 def build_image_prior(recipe: ImageRecipe, num_labels: int) -> GatedPixelCNN:
     p = recipe.prior
     return GatedPixelCNN(recipe.quantizer.num_codes, channels=p.channels, layers=p.layers,
-                         kernel=p.kernel, num_labels=num_labels)
+                         kernel=p.kernel, num_labels=num_labels, null_label=p.label_dropout > 0)
 
 
 def image_prior_config(recipe: ImageRecipe, vqvae_config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
     return {
         "kind": IMAGE_PRIOR,
         "vqvae_model_id": vqvae_config["model_id"],
+        "vqvae_codes_id": codes_id(vqvae_config),  # the codes it models (a decoder-only fine-tune keeps them)
         "levels": recipe.prior.levels,
         "grid": list(image_code_grid_shape(recipe, recipe.prior.levels)),  # (H, W * levels)
         "num_codes": recipe.quantizer.num_codes,

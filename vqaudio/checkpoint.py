@@ -65,6 +65,18 @@ def save_model_dir(path: str | Path, module: torch.nn.Module, config: dict[str, 
     return config
 
 
+def codes_id(vqvae_config: dict[str, Any]) -> str:
+    """Which codes a VQ-VAE makes: its own ``model_id``, or for a decoder-only fine-tune
+    (train.decoder_only) the id of the model whose encoder and codebooks it kept bitwise, so
+    every input has the same codes under both and a prior trained on one serves the other."""
+    return vqvae_config.get("codes_id") or vqvae_config["model_id"]
+
+
+def same_codes(prior_config: dict[str, Any], vqvae_config: dict[str, Any]) -> bool:
+    """Whether a prior was trained on the codes this VQ-VAE makes."""
+    return prior_config.get("vqvae_codes_id", prior_config["vqvae_model_id"]) == codes_id(vqvae_config)
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():

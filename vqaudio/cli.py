@@ -173,6 +173,9 @@ def sample(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same audio.")] = 0,
     label: Annotated[Optional[str], typer.Option(
         "--label", help="Condition on a label (speech: the digit to say, 0-9; KMNIST: the class).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(
+        "--guidance", help="How hard to hold to the label (classifier-free guidance; 1 = plain "
+                           "conditioning, 0 = ignore it; default: the prior's prior.guidance).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Instead of -o: write a listening report to this new folder, --num clips "
@@ -187,7 +190,7 @@ def sample(
         passive_omp_threads()
         from vqaudio.priors.sampling import Controls
 
-        controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, guidance=guidance)
         if report is not None:
             from vqaudio.report import sample_report
 

@@ -112,6 +112,11 @@ class PriorConfig:
     cycles: int = 2  # dilations 1, 2, … 2^(layers_per_cycle-1), repeated this many times
     layers_per_cycle: int = 7  # receptive field 1 + cycles · (2^layers_per_cycle - 1) frames
     conditional: bool = False  # condition on the label taken by data.label_regex
+    # Classifier-free guidance: label_dropout > 0 trains the prior without its label that
+    # often (a "null" label), so `vqaudio sample` can push samples toward the label asked for:
+    # guidance is its default strength (1 = plain conditioning; needs label_dropout > 0 otherwise).
+    label_dropout: float = 0.0
+    guidance: float = 1.0
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding
     sample_seconds: float = 2.0  # length of the clips sampled into TensorBoard at validation
@@ -178,6 +183,11 @@ class PixelCNNConfig:
     layers: int = 8
     kernel: int = 3
     conditional: bool = False  # on the image labels: 'vqaudio sample --label 3'
+    # Classifier-free guidance: label_dropout > 0 trains the prior without its label that
+    # often (a "null" label), so `vqaudio sample` can push samples toward the label asked for:
+    # guidance is its default strength (1 = plain conditioning; needs label_dropout > 0 otherwise).
+    label_dropout: float = 0.0
+    guidance: float = 1.0
 
 
 @dataclass
@@ -337,6 +347,16 @@ def _check_ranges(r, positive: dict[str, Any], non_negative: dict[str, Any]) -> 
             raise bad(f"{name}.nonfinite", f"must be 'stop' or 'skip', got {getattr(r, name).nonfinite!r}")
     if r.prior_train.decoder_only:
         raise bad("prior_train.decoder_only", "is for the VQ-VAE stage ([train]); the prior has no decoder")
+    if not 0 <= r.prior.label_dropout < 1:
+        raise bad("prior.label_dropout", f"must be at least 0 and below 1, got {r.prior.label_dropout}")
+    if r.prior.label_dropout and not r.prior.conditional:
+        raise bad("prior.label_dropout", "needs a label-conditioned prior: set prior.conditional = true "
+                  "or prior.label_dropout = 0")
+    if not (r.prior.guidance >= 0 and math.isfinite(r.prior.guidance)):
+        raise bad("prior.guidance", f"must be 0 or more, got {r.prior.guidance}")
+    if r.prior.guidance != 1 and not r.prior.label_dropout:
+        raise bad("prior.guidance", "needs a prior trained with label dropout: set prior.label_dropout "
+                  "(e.g. 0.1) or prior.guidance = 1")
     if not r.name or "/" in r.name:
         raise bad("name", f"must be a plain folder name, got {r.name!r}")
 

@@ -152,6 +152,7 @@ def load_entropy_prior(codec) -> tuple[WaveNetPrior, dict]:
     """The unconditional prior in ``entropy_prior/`` beside the codec's ``vqvae/`` folder;
     VqaudioError when there is none or it does not fit the codec."""
     from vqaudio.build import load_audio_prior
+    from vqaudio.checkpoint import same_codes
 
     folder = Path(codec.path).parent / ENTROPY_PRIOR
     if not (folder / "config.json").is_file():
@@ -161,7 +162,7 @@ def load_entropy_prior(codec) -> tuple[WaveNetPrior, dict]:
     if config.get("labels"):
         raise VqaudioError(f"model {folder}: the entropy prior is label-conditioned; entropy coding "
                            "needs an unconditional one (prior.conditional = false)")
-    if config["num_codes"] != codec.config["num_codes"] or config["vqvae_model_id"] != codec.config["model_id"]:
+    if config["num_codes"] != codec.config["num_codes"] or not same_codes(config, codec.config):
         raise VqaudioError(f"model {folder}: the entropy prior was trained on the codes of another VQ-VAE "
                            f"(id {config['vqvae_model_id']}, this model is {codec.config['model_id']}); "
                            "retrain it with --stage prior on this model")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from vqaudio.checkpoint import CONFIG, load_state, read_config
+from vqaudio.checkpoint import CONFIG, codes_id, load_state, read_config
 from vqaudio.config import ImageRecipe, Recipe
 from vqaudio.distributed import say
 from vqaudio.errors import VqaudioError
@@ -97,4 +97,6 @@ def load_init(stage, init: InitModels) -> None:
         say(f"{stage.name}: training from scratch: --init {folder} does not fit this recipe ({why})")
         return
     stage.model.load_state_dict(state, strict=True)
+    if getattr(stage.model, "codes_frozen", False):  # decoder-only: the codes stay the init model's
+        stage.codes_of = {"codes_id": codes_id(read_config(folder))}
     say(f"{stage.name}: starting from the weights of {folder} (optimizer and schedule start afresh)")

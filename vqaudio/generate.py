@@ -13,10 +13,10 @@ from tqdm import tqdm
 from vqaudio.atomic import check_output_path
 from vqaudio.audio_io import write_audio
 from vqaudio.build import AUDIO_PRIOR, IMAGE_PRIOR, load_audio_prior
-from vqaudio.checkpoint import read_config
+from vqaudio.checkpoint import read_config, same_codes
 from vqaudio.codec import PRETRAINED, load_codec
 from vqaudio.errors import VqaudioError
-from vqaudio.priors.sampling import Controls
+from vqaudio.priors.sampling import Controls, with_default_guidance
 
 
 def resolve_run(model: str | Path | None) -> tuple[Path, Path]:
@@ -55,6 +55,7 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
     controls.check()
     vqvae_dir, prior_dir = resolve_run(model)
     prior_config = read_config(prior_dir)
+    controls = with_default_guidance(controls, prior_config)
     if prior_config["kind"] == IMAGE_PRIOR:
         from vqaudio.image_commands import sample_images
 
@@ -93,7 +94,7 @@ def load_audio_run(vqvae_dir: Path, prior_dir: Path):
     """(codec, prior, prior config) of an audio run whose prior was trained on this VQ-VAE."""
     codec = load_codec(vqvae_dir)
     prior, config = load_audio_prior(prior_dir)
-    if config["vqvae_model_id"] != codec.config["model_id"]:
+    if not same_codes(config, codec.config):
         raise VqaudioError(f"model {prior_dir}: this prior was trained on the codes of another VQ-VAE "
                            f"(id {config['vqvae_model_id']}, {vqvae_dir} is {codec.config['model_id']}); "
                            "retrain it with --stage prior")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from vqaudio.atomic import check_output_path
 from vqaudio.build import load_image_prior, load_image_vqvae
+from vqaudio.checkpoint import same_codes
 from vqaudio.codec import resolve_model_dir
 from vqaudio.data.images import IMAGE_EXTENSIONS, image_grid, load_images, read_image, write_image
 from vqaudio.errors import VqaudioError
@@ -111,7 +112,7 @@ def sample_images(vqvae_dir: Path, prior_dir: Path, num: int, output: Path, cont
         raise VqaudioError(f"-o {output}: image samples are written as one PNG grid; give a name ending in .png")
     vqvae, config = load_image_vqvae(vqvae_dir)
     prior, prior_config = load_image_prior(prior_dir)
-    if prior_config["vqvae_model_id"] != config["model_id"]:
+    if not same_codes(prior_config, config):
         raise VqaudioError(f"model {prior_dir}: this prior was trained on the codes of another VQ-VAE; "
                            "retrain it with --stage prior")
     grids = prior.sample(num, tuple(prior_config["grid"]), controls, label_ids)

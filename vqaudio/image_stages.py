@@ -18,7 +18,7 @@ from vqaudio.config import ImageRecipe
 from vqaudio.data.images import ImageSet, image_grid, load_images, split_images
 from vqaudio.errors import VqaudioError
 from vqaudio.metrics import perplexity, unigram_entropy_bits
-from vqaudio.priors.sampling import Controls
+from vqaudio.priors.sampling import Controls, drop_labels
 from vqaudio.data.batches import KeyedTensors
 
 
@@ -62,6 +62,7 @@ class ImageVQVAEStage:
         self.model = build_image_vqvae(recipe)
         if recipe.train.decoder_only:
             self.model.freeze_codes()
+        self.codes_of: dict[str, str] = {}  # {"codes_id": …} of the --init model a decoder-only run keeps
         self.quantized = recipe.quantizer.kind != "none"
         self.num_codes = recipe.quantizer.num_codes if self.quantized else 0  # collapse warning
 
@@ -95,7 +96,7 @@ class ImageVQVAEStage:
         return metrics
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
-        save_model_dir(directory, self.model, image_model_config(self.recipe), extra)
+        save_model_dir(directory, self.model, {**image_model_config(self.recipe), **self.codes_of}, extra)
 
 
 class ImagePriorStage:
@@ -115,6 +116,7 @@ class ImagePriorStage:
 
     def loss(self, batch) -> tuple[Tensor, dict[str, float]]:
         codes, labels = batch
+        labels = drop_labels(labels, self.recipe.prior.label_dropout, len(self.labels))
         logits = self.model(codes, self._labels(labels))
         nll = F.cross_entropy(logits.flatten(0, 2), codes.flatten())
         return nll, {"loss": nll.item(), "bits_per_code": nll.item() / math.log(2)}
@@ -130,7 +132,7 @@ class ImagePriorStage:
             writer.add_scalar(f"{self.name}/val/{key}", v, step)
         n = 32
         labels = torch.arange(n) % len(self.labels) if self.labels else None
-        grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step), labels).cpu()
+        grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step, guidance=self.recipe.prior.guidance), labels).cpu()
         independent = independent_codes(self.train_codes, n, k, seed=step)
         writer.add_image(f"{self.name}/samples_vs_independent_codes",
                          side_by_side(decode_grids(self.vqvae, grids, self.recipe.prior.levels).clamp(0, 1),

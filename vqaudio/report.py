@@ -204,6 +204,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
     from vqaudio.build import AUDIO_PRIOR
     from vqaudio.checkpoint import read_config
     from vqaudio.generate import _labels, check_seconds, generate_clips, load_audio_run, resolve_run
+    from vqaudio.priors.sampling import with_default_guidance
 
     label_text = f"--report {out_dir}"
     if num < 1:
@@ -219,6 +220,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
 
         check_available()
     codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
+    controls = with_default_guidance(controls, config)
     vocab = config["labels"]
     asked = [label] if label is not None else (vocab or [None])
     kbps = config["bitrate_bps"] / 1000
@@ -234,7 +236,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
         sections.append(Section(f"label {name}" if name is not None else "samples", clips))
     notes = [f"Model {vqvae_dir.parent} at {codec.sample_rate} Hz: {num} clip{'s' if num > 1 else ''} "
              f"of {seconds:g} s per label, temperature {controls.temperature:g}, top-k {controls.top_k}, "
-             f"top-p {controls.top_p:g}, seed {controls.seed}; decoded at {kbps:.3g} kb/s "
+             f"top-p {controls.top_p:g}, guidance {controls.guidance:g}, seed {controls.seed}; decoded at {kbps:.3g} kb/s "
              f"({config['levels']} levels).",
              "DNSMOS P.835 (1–5) and whether PocketSphinx recognises the label as a spoken digit."
              if listeners else "DNSMOS and digit recognition were not measured (--no-listeners)."]

@@ -24,7 +24,7 @@ from vqaudio.losses import (ReconstructionLoss, discriminator_hinge_loss, featur
                             generator_adversarial_loss)
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
 from vqaudio.plots import spectrogram_image
-from vqaudio.priors.sampling import Controls
+from vqaudio.priors.sampling import Controls, drop_labels
 
 
 def audio_splits(recipe: Recipe, d: DataConfig | PriorDataConfig | None = None) -> tuple[list[Path], list[Path]]:
@@ -54,6 +54,7 @@ class AudioVQVAEStage:
         self.model = build_audio_vqvae(recipe)
         if recipe.train.decoder_only:
             self.model.freeze_codes()
+        self.codes_of: dict[str, str] = {}  # {"codes_id": …} of the --init model a decoder-only run keeps
         self.criterion = ReconstructionLoss(
             recipe.data.sample_rate, {"l1": recipe.loss.l1, "stft": recipe.loss.stft,
                                       "mel": recipe.loss.mel})
@@ -128,7 +129,7 @@ class AudioVQVAEStage:
         return metrics
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
-        save_model_dir(directory, self.model, audio_model_config(self.recipe), extra)
+        save_model_dir(directory, self.model, {**audio_model_config(self.recipe), **self.codes_of}, extra)
 
 
 def audio_vqvae_stage(recipe: Recipe):
@@ -158,6 +159,7 @@ class AudioPriorStage:
 
     def loss(self, batch) -> tuple[Tensor, dict[str, float]]:
         codes, labels, _ = batch  # silence padding is data too: samples should end in silence
+        labels = drop_labels(labels, self.recipe.prior.label_dropout, len(self.labels))
         nll = self.model.nll(codes, self._labels(labels))
         return nll, {"loss": nll.item(), "bits_per_code": nll.item() / math.log(2)}
 
@@ -172,7 +174,8 @@ class AudioPriorStage:
         }
         for k, v in metrics.items():
             writer.add_scalar(f"{self.name}/val/{k}", v, step)
-        for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, Controls(seed=step))):
+        controls = Controls(seed=step, guidance=self.recipe.prior.guidance)
+        for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, controls)):
             tag = f"label_{self.labels[i % len(self.labels)]}" if self.labels else str(i)
             wav = np.clip(wav, -1, 1)
             writer.add_audio(f"{self.name}/samples/{tag}", torch.from_numpy(wav), step,

@@ -306,6 +306,8 @@ def resume_from_checkpoint(stage: Stage, run_dir: Path, opt, sched, critic=None)
                                      "recipe and --set values, or train into a new --out folder")
             tensors, meta = read_training_state(path)
             load_into(stage.model, path)
+            if "codes_id" in config and hasattr(stage, "codes_of"):  # a decoder-only run's codes identity
+                stage.codes_of = {"codes_id": config["codes_id"]}
             step = restore_training_state(tensors, meta, opt, sched, critic, path)
         except RecipeMismatch:
             raise

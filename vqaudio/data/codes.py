@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from vqaudio.atomic import atomic_path
 from vqaudio.audio_io import read_audio
+from vqaudio.checkpoint import codes_id
 from vqaudio.codec import Codec
 from vqaudio.errors import VqaudioError
 
@@ -84,7 +85,7 @@ def silence_codes(codec: Codec) -> np.ndarray:
 
 
 def _key(codec: Codec, files: list[Path], pad_seconds: float) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, codec.config["model_id"], pad_seconds]).encode())
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, codes_id(codec.config), pad_seconds]).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

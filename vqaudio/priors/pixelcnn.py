@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqaudio.errors import VqaudioError
-from vqaudio.priors.sampling import Controls, Sampler
+from vqaudio.priors.sampling import Controls, Sampler, check_guidance, guide
 
 
 def _gate(x: Tensor) -> Tensor:
@@ -75,18 +75,21 @@ class GatedPixelCNN(nn.Module):
             rows up and columns left (8 layers of kernel 3 cover a 7x7 grid).
         kernel: odd kernel size (3 or 5).
         num_labels: > 0 for a class-conditional prior (labels in [0, num_labels)).
+        null_label: one more label, ``num_labels`` = "no label", which training with label
+            dropout teaches and classifier-free guidance samples with.
     """
 
     def __init__(self, num_codes: int, channels: int = 64, layers: int = 8, kernel: int = 3,
-                 num_labels: int = 0):
+                 num_labels: int = 0, null_label: bool = False):
         super().__init__()
         if kernel < 3 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and at least 3, got {kernel}")
         self.num_codes, self.num_labels = num_codes, num_labels
+        self.null_label = bool(num_labels and null_label)
         # Embeds the code indices, not the VQ-VAE's codebook vectors: the prior is trained on
         # codes alone and stays valid whatever the codebook's scale.
         self.embed = nn.Embedding(num_codes, channels)
-        self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_labels) for _ in range(layers))
+        self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_labels + self.null_label) for _ in range(layers))
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
                                   nn.Conv2d(channels, num_codes, 1))
         # Zero logits at step 0: the loss starts at exactly log K (a uniform guess).
@@ -129,7 +132,8 @@ class GatedPixelCNN(nn.Module):
 
         The draws equal :func:`reference_sample` on ``self(codes, labels)`` (same noise, same
         order), but the vertical stack runs once per row instead of once per position, since
-        it sees only the rows above: about 7x less work on a 7x7 grid.
+        it sees only the rows above: about 7x less work on a 7x7 grid. A guided draw
+        (``controls.guidance``) runs every grid twice, with its label and with the null label.
         """
         device = self.embed.weight.device
         if isinstance(labels, int):
@@ -142,15 +146,22 @@ class GatedPixelCNN(nn.Module):
             raise VqaudioError(
                 f"label {int(bad[0])} is out of range: this prior knows labels 0 to {self.num_labels - 1}")
         height, width = shape
-        sampler = Sampler(controls or Controls(), batch, height * width)
-        codes = torch.zeros((batch, height, width), dtype=torch.long, device=device)
+        controls = controls or Controls()
+        sampler = Sampler(controls, batch, height * width)
+        check_guidance(controls, self.num_labels, self.null_label, labels)
+        rows = 2 * batch if controls.guided else batch  # guided: each grid twice, the second unlabelled
+        if controls.guided:
+            labels = torch.cat([labels, torch.full_like(labels, self.num_labels)])
+        codes = torch.zeros((rows, height, width), dtype=torch.long, device=device)
         for r in range(height):
             # Rows after r are still zeros and cannot reach row r: compute on rows <= r only.
             links = [link[:, :, r: r + 1] for link in self._links(codes[:, : r + 1], labels)]
             for c in range(width):
-                logits = self._logits(codes[:, r: r + 1], links, labels)  # (B, 1, W, K)
-                codes[:, r, c] = sampler(logits[:, 0, c], r * width + c)
-        return codes
+                logits = self._logits(codes[:, r: r + 1], links, labels)[:, 0, c]  # (rows, K)
+                if controls.guided:
+                    logits = guide(logits[:batch], logits[batch:], controls.guidance)
+                codes[:, r, c] = sampler(logits, r * width + c).repeat(rows // batch)
+        return codes[:batch]
 
     def _check_labels(self, labels: Tensor | None, batch: int) -> None:
         if self.num_labels and labels is None:

@@ -10,7 +10,7 @@ plain argmax.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -26,6 +26,15 @@ class Controls:
     top_k: int = 0  # keep the k most likely codes (0 = all)
     top_p: float = 1.0  # keep the smallest set whose probability reaches p (1 = all)
     seed: int = 0
+    # Classifier-free guidance (arXiv:2207.12598) of a label-conditioned prior trained with
+    # prior.label_dropout: logits u + g·(c − u) from the conditioned (c) and the null-label (u)
+    # pass. 1 = the conditioned prior as it is; > 1 holds closer to the label; 0 ignores it.
+    # None = the prior's own default (prior.guidance of its recipe).
+    guidance: float | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None and self.guidance != 1.0
 
     def check(self) -> "Controls":
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
@@ -34,7 +43,43 @@ class Controls:
             raise VqaudioError(f"--top-k must be 0 (off) or positive, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise VqaudioError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
+            raise VqaudioError(f"--guidance must be 0 or more, got {self.guidance}")
         return self
+
+
+def guide(cond, uncond, scale: float):
+    """Classifier-free guidance of logits (torch or numpy): ``uncond + scale·(cond − uncond)``."""
+    return uncond + scale * (cond - uncond)
+
+
+def drop_labels(labels: Tensor, rate: float, null: int) -> Tensor:
+    """Training with prior.label_dropout: each label replaced by the ``null`` label with
+    probability ``rate`` (torch's RNG, so seeded and resumed with the rest of training), so
+    one model learns the unconditioned prior too, which guidance needs."""
+    if rate <= 0:
+        return labels
+    return labels.masked_fill(torch.rand(labels.shape, device=labels.device) < rate, null)
+
+
+def with_default_guidance(controls: Controls, prior_config: dict) -> Controls:
+    """``controls`` with guidance None replaced by the prior's own default: ``prior.guidance``
+    of the recipe it was trained with (1, plain conditioning, for priors without one)."""
+    if controls.guidance is not None:
+        return controls
+    return replace(controls, guidance=float(prior_config["recipe"]["prior"].get("guidance", 1.0)))
+
+
+def check_guidance(controls: Controls, num_labels: int, has_null: bool, labels) -> None:
+    """A guided draw needs labels and a prior that learnt a null label (prior.label_dropout)."""
+    if not controls.guided:
+        return
+    if not num_labels or labels is None:
+        raise VqaudioError("--guidance needs a label-conditioned prior and labels; leave out --guidance")
+    if not has_null:
+        raise VqaudioError("--guidance: this prior was trained without prior.label_dropout, so it has "
+                           "no unconditioned half to guide with; leave out --guidance or retrain the "
+                           "prior with prior.label_dropout = 0.1")
 
 
 def filter_logits(logits: Tensor, controls: Controls) -> Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
-from vqaudio.priors.sampling import Controls, Sampler
+from vqaudio.priors.sampling import Controls, Sampler, check_guidance, guide
 
 
 def receptive_field(layers_per_cycle: int, cycles: int) -> int:
@@ -42,7 +42,7 @@ class GatedLayer(nn.Module):
         self.dilation = dilation
         self.conv = nn.Conv1d(channels, 2 * channels, kernel_size=2, dilation=dilation)
         self.out = nn.Conv1d(channels, 2 * channels, kernel_size=1)  # residual ‖ skip
-        self.label = nn.Embedding(num_labels, 2 * channels) if num_labels else None
+        self.label = nn.Embedding(num_labels, 2 * channels) if num_labels else None  # null label included
 
     def gate(self, h: Tensor) -> Tensor:
         a, b = h.chunk(2, dim=1)
@@ -61,13 +61,16 @@ class WaveNetPrior(nn.Module):
     """p(codes) over ``(B, T, L)`` code sequences with ``num_codes`` = K entries per level.
 
     ``forward(codes, labels) -> logits (B, T, L, K)``; ``labels`` (B,) long when
-    ``num_labels`` > 0 (global conditioning, e.g. the spoken digit), else None.
+    ``num_labels`` > 0 (global conditioning, e.g. the spoken digit), else None. With
+    ``null_label`` the label table has one more row, label ``num_labels`` = "no label", which
+    training with label dropout teaches and classifier-free guidance samples with.
     """
 
     def __init__(self, num_codes: int, levels: int = 1, channels: int = 64, cycles: int = 2,
-                 layers_per_cycle: int = 7, num_labels: int = 0):
+                 layers_per_cycle: int = 7, num_labels: int = 0, null_label: bool = False):
         super().__init__()
         self.num_codes, self.levels, self.channels, self.num_labels = num_codes, levels, channels, num_labels
+        self.null_label = bool(num_labels and null_label)
         self.cycles = cycles
         # The prior's own embeddings of code indices (level l's code c is row l·K + c): one
         # for the past frames the stack reads, one for the lower levels the heads read.
@@ -75,7 +78,7 @@ class WaveNetPrior(nn.Module):
         self.embed_lower = nn.Embedding(levels * num_codes, channels)
         self.register_buffer("offsets", torch.arange(levels) * num_codes, persistent=False)
         dilations = [2 ** i for i in range(layers_per_cycle)] * cycles
-        self.layers = nn.ModuleList(GatedLayer(channels, d, num_labels) for d in dilations)
+        self.layers = nn.ModuleList(GatedLayer(channels, d, num_labels + self.null_label) for d in dilations)
         self.post = nn.Conv1d(channels, channels, kernel_size=1)
         self.heads = nn.ModuleList(
             nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(),
@@ -146,9 +149,16 @@ class WaveNetPrior(nn.Module):
         """
         device = self.embed.weight.device
         sampler = Sampler(controls, batch, frames * self.levels)
+        check_guidance(controls, self.num_labels, self.null_label, labels)
+        rows = batch
+        if controls.guided:  # every row twice: with its label, then with the null label
+            labels, rows = torch.cat([labels, torch.full_like(labels, self.num_labels)]), 2 * batch
         if device.type != "cpu":
-            return self._generate(self.stepper(batch, labels), sampler, batch, frames, progress)
-        step = NumpyStepper(self, batch, labels)
+            step = self.stepper(rows, labels)
+            step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
+            return self._generate(step, sampler, batch, frames, progress)
+        step = NumpyStepper(self, rows, labels)
+        step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
         # numpy's OpenBLAS splits a matmul of more than ~2^18 multiply-adds over its threads,
         # which spin while they wait: beside a busy core the (8, 2702) @ (2702, 64) skip matmul
         # of a batch of 8 took 150 ms a frame instead of 0.1 ms. The per-frame matmuls are
@@ -375,9 +385,37 @@ class NumpyStepper:
         self.t += 1
 
 
-def sequence_logits_fn(prior: WaveNetPrior, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
-    """``codes -> logits`` for ``reference_sample`` (full recompute over the sequence)."""
-    return lambda codes: prior(codes, labels)
+class GuidedStep:
+    """A stepper over 2B rows (B labelled, then the same B under the null label) run as a B-row
+    one: both halves read the same codes, and the logits are guided (``sampling.guide``)."""
+
+    def __init__(self, step, batch: int, scale: float):
+        self.step, self.batch, self.scale = step, batch, scale
+
+    def _twice(self, codes_t):
+        return np.concatenate([codes_t, codes_t]) if isinstance(codes_t, np.ndarray) else torch.cat([codes_t, codes_t])
+
+    def new_codes(self, frames: int):
+        return self.step.new_codes(frames)[: self.batch]
+
+    def context(self):
+        return self.step.context()
+
+    def logits(self, h, codes_t, level: int):
+        both = self.step.logits(h, self._twice(codes_t), level)
+        return guide(both[: self.batch], both[self.batch:], self.scale)
+
+    def push(self, codes_t) -> None:
+        self.step.push(self._twice(codes_t))
+
+
+def sequence_logits_fn(prior: WaveNetPrior, labels: Tensor | None, guidance: float | None = None) -> Callable[[Tensor], Tensor]:
+    """``codes -> logits`` for ``reference_sample`` (full recompute over the sequence), guided
+    (``sampling.guide``) when ``guidance`` is given and not 1."""
+    if guidance is None or guidance == 1.0:
+        return lambda codes: prior(codes, labels)
+    null = torch.full_like(labels, prior.num_labels)
+    return lambda codes: guide(prior(codes, labels), prior(codes, null), guidance)
 
 
 def bits(nats: float) -> float:
