@@ -84,19 +84,19 @@ def main() -> None:
 
 
 def speed(codec, prior, prior_dir, config, args) -> None:
-    from vqaudio.priors.sampling import Controls, reference_sample
+    from vqaudio.priors.sampling import Controls, reference_sample, with_default_guidance
     from vqaudio.priors.wavenet import sequence_logits_fn
 
     labels = torch.tensor([config["labels"].index("7") if "7" in config["labels"] else 0]) if config["labels"] else None
     frames = math.ceil(args.seconds * config["frames_per_second"])
     length = round(args.seconds * codec.sample_rate)
-    controls = Controls(seed=args.seed)
+    controls = with_default_guidance(Controls(seed=args.seed), config)  # as `vqaudio sample` draws
 
     def cached():
         return prior.generate(1, frames, controls, labels)
 
     def reference():
-        return reference_sample(sequence_logits_fn(prior, labels), (frames, prior.levels), 1, controls)
+        return reference_sample(sequence_logits_fn(prior, labels, controls.guidance), (frames, prior.levels), 1, controls)
 
     def cached_and_decode():
         return codec.decode(cached()[0].numpy(), length)
@@ -120,6 +120,7 @@ def speed(codec, prior, prior_dir, config, args) -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}, numpy {np.__version__}")
     print(f"- Date: {datetime.date.today()}; model: {prior_dir} ({config['levels']} levels, "
           f"K = {config['num_codes']}, receptive field {config['receptive_field_frames']} frames, "
+          f"guidance {controls.guidance:g}{' (two passes per frame)' if controls.guided else ''}, "
           f"{sum(p.numel() for p in prior.parameters()) / 1e6:.2f} M parameters)")
     print(f"- {args.seconds} s = {frames} frames x {prior.levels} levels = {frames * prior.levels} codes; "
           f"{args.runs} runs; same codes from both samplers: {same}\n")
