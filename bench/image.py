@@ -50,7 +50,8 @@ ABLATION = {
     "6 residual levels, beta 0.25": ["quantizer.levels=6", "quantizer.beta=0.25"],
     "beta 0.1": ["quantizer.beta=0.1"],
     "beta 0 (the EMA codebook alone)": ["quantizer.beta=0"],
-    "the recipe: 4 residual levels, K = 128, beta 0.05": [],
+    "the decoder reads the latent as it is (no unit-RMS input)": ["model.decoder_input_norm=false"],
+    "the recipe: 4 residual levels, K = 128, beta 0.05, decoder input at unit RMS": [],
 }
 
 

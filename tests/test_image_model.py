@@ -130,3 +130,15 @@ def test_residual_levels_lie_side_by_side_in_the_code_grid():
         coarse = encode_images(model, x, levels=2)  # what a prior of prior.levels = 2 models
         assert torch.equal(coarse, codes[..., :2].flatten(-2))
         assert_close(decode_grids(model, coarse, levels=2), model(x, levels=2).x_hat)
+
+
+def test_decoder_input_norm_makes_the_decoder_blind_to_the_latents_scale():
+    """model.decoder_input_norm: a latent grid shrunk 100x (as the commitment loss shrinks the
+    encoder's output) decodes to the same image; without the norm it does not."""
+    torch.manual_seed(0)
+    z = torch.randn(3, 16, 7, 7)
+    for norm in (True, False):
+        dec = Decoder2d(1, channels=8, downsamples=2, latent_dim=16, res_blocks=1, input_norm=norm).eval()
+        with torch.no_grad():
+            same = torch.allclose(dec(z), dec(z / 100), atol=1e-5)
+        assert same == norm

@@ -115,7 +115,8 @@ def build_image_vqvae(recipe: ImageRecipe) -> VQVAE:
     args = dict(channels=m.channels, downsamples=m.downsamples, latent_dim=m.latent_dim,
                 res_blocks=m.res_blocks, global_code=m.global_code, image_size=m.image_size)
     quantizer = NoQuantizer() if recipe.quantizer.kind == "none" else build_quantizer(recipe, m.latent_dim)
-    return VQVAE(Encoder2d(m.in_channels, **args), quantizer, Decoder2d(m.in_channels, **args))
+    decoder = Decoder2d(m.in_channels, **args, input_norm=m.decoder_input_norm)
+    return VQVAE(Encoder2d(m.in_channels, **args), quantizer, decoder)
 
 
 def image_grid_shape(recipe: ImageRecipe) -> tuple[int, int]:

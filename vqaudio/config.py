@@ -174,6 +174,9 @@ class ImageModelConfig:
     latent_dim: int = 16
     res_blocks: int = 1
     global_code: bool = False  # one code per image instead of a grid (the Keras example)
+    # The decoder sees each latent grid at unit RMS, so its input scale stays put however far the
+    # commitment loss shrinks the encoder's output (with it the VQ-VAE matches the autoencoder).
+    decoder_input_norm: bool = False
 
 
 @dataclass
