@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vqaudio.errors import VqaudioError
-from vqaudio.priors.sampling import Controls, Sampler, check_guidance, guide
+from vqaudio.priors.sampling import Controls, Sampler, guide, guided_labels
 
 
 def _gate(x: Tensor) -> Tensor:
@@ -148,10 +148,8 @@ class GatedPixelCNN(nn.Module):
         height, width = shape
         controls = controls or Controls()
         sampler = Sampler(controls, batch, height * width)
-        check_guidance(controls, self.num_labels, self.null_label, labels)
+        labels = guided_labels(controls, self.num_labels, self.null_label, labels)
         rows = 2 * batch if controls.guided else batch  # guided: each grid twice, the second unlabelled
-        if controls.guided:
-            labels = torch.cat([labels, torch.full_like(labels, self.num_labels)])
         codes = torch.zeros((rows, height, width), dtype=torch.long, device=device)
         for r in range(height):
             # Rows after r are still zeros and cannot reach row r: compute on rows <= r only.

@@ -70,6 +70,13 @@ def with_default_guidance(controls: Controls, prior_config: dict) -> Controls:
     return replace(controls, guidance=float(prior_config["recipe"]["prior"].get("guidance", 1.0)))
 
 
+def guided_labels(controls: Controls, num_labels: int, has_null: bool, labels: Tensor | None) -> Tensor | None:
+    """The labels of the rows a draw runs: ``labels`` as they are, or for a guided draw each row
+    twice, with its label and then with the null label (``num_labels``)."""
+    check_guidance(controls, num_labels, has_null, labels)
+    return torch.cat([labels, torch.full_like(labels, num_labels)]) if controls.guided else labels
+
+
 def check_guidance(controls: Controls, num_labels: int, has_null: bool, labels) -> None:
     """A guided draw needs labels and a prior that learnt a null label (prior.label_dropout)."""
     if not controls.guided:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
-from vqaudio.priors.sampling import Controls, Sampler, check_guidance, guide
+from vqaudio.priors.sampling import Controls, Sampler, guide, guided_labels
 
 
 def receptive_field(layers_per_cycle: int, cycles: int) -> int:
@@ -149,10 +149,8 @@ class WaveNetPrior(nn.Module):
         """
         device = self.embed.weight.device
         sampler = Sampler(controls, batch, frames * self.levels)
-        check_guidance(controls, self.num_labels, self.null_label, labels)
-        rows = batch
-        if controls.guided:  # every row twice: with its label, then with the null label
-            labels, rows = torch.cat([labels, torch.full_like(labels, self.num_labels)]), 2 * batch
+        labels = guided_labels(controls, self.num_labels, self.null_label, labels)
+        rows = 2 * batch if controls.guided else batch  # guided: every row twice, the second unlabelled
         if device.type != "cpu":
             step = self.stepper(rows, labels)
             step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
