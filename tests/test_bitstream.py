@@ -24,16 +24,17 @@ FSDD = ROOT / "data" / "fsdd" / "3_yweweler_7.wav"
 SPEECH = ROOT / "data" / "speech" / "librispeech" / "103-1240-0000.flac"
 
 
-def random_prior(num_codes=512, levels=2, seed=0) -> WaveNetPrior:
+def random_prior(num_codes=512, levels=2, seed=0, frame_stack=1) -> WaveNetPrior:
     """A tiny prior with random (not zero) heads, so its tables are far from uniform."""
     torch.manual_seed(seed)
-    prior = WaveNetPrior(num_codes, levels=levels, channels=8, cycles=1, layers_per_cycle=3).eval()
+    prior = WaveNetPrior(num_codes, levels=levels, channels=8, cycles=1, layers_per_cycle=3,
+                         frame_stack=frame_stack).eval()
     for head in prior.heads:
         torch.nn.init.normal_(head[-1].weight, std=1.0)
     return prior
 
 
-def save_entropy_prior(model: Path, seed=0, vqvae_model_id=None) -> None:
+def save_entropy_prior(model: Path, seed=0, vqvae_model_id=None, frame_stack=1) -> None:
     """``model/entropy_prior``: a random unconditional prior over ``model/vqvae``'s codes."""
     from vqaudio.build import audio_prior_config
     from vqaudio.checkpoint import read_config, save_model_dir
@@ -42,8 +43,8 @@ def save_entropy_prior(model: Path, seed=0, vqvae_model_id=None) -> None:
     config = read_config(model / "vqvae")
     recipe = from_dict(config["recipe"], "config.json")
     recipe = dataclasses.replace(recipe, prior=dataclasses.replace(
-        recipe.prior, channels=8, cycles=1, layers_per_cycle=3, conditional=False))
-    prior = random_prior(config["num_codes"], recipe.prior.levels, seed)
+        recipe.prior, channels=8, cycles=1, layers_per_cycle=3, conditional=False, frame_stack=frame_stack))
+    prior = random_prior(config["num_codes"], recipe.prior.levels, seed, frame_stack)
     if vqvae_model_id:
         config = {**config, "model_id": vqvae_model_id}
     save_model_dir(model / entropy.ENTROPY_PRIOR, prior, audio_prior_config(recipe, config, []))
@@ -330,6 +331,12 @@ def test_encode_refusals(model, tmp_path):
     save_entropy_prior(misfit, vqvae_model_id="0123456789abcdef")
     refused(tmp_path, ["encode", src, "-o", tmp_path / "c.vqc", "--model", misfit, "--entropy"],
             "another VQ-VAE", "retrain it")
+    stacked = tmp_path / "stacked"
+    stacked.mkdir()
+    (stacked / "vqvae").symlink_to(model / "vqvae")
+    save_entropy_prior(stacked, frame_stack=2)
+    refused(tmp_path, ["encode", src, "-o", tmp_path / "c.vqc", "--model", stacked, "--entropy"],
+            "steps 2 frames at a time", "prior.frame_stack = 1")
     refused(tmp_path, ["encode", src, "-o", tmp_path / "c.npz", "--model", model, "--entropy"],
             "--entropy needs the compact format")
     refused(tmp_path, ["encode", src, "-o", tmp_path / "c.bin", "--model", model], "end in .vqc")

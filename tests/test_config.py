@@ -62,6 +62,7 @@ def write(tmp_path, text):
     ("[model]\ndecoder = 'fourier'\nn_fft = 96\n", "'model.n_fft' must be at least 2 x model.hop (128)"),
     ("[model]\ndecoder = 'fourier'\nn_fft = 129\n", "differ from the hop by an even number, got 129"),
     ("[model]\ndecoder_layers = 0\n", "'model.decoder_layers' must be positive"),
+    ("[prior]\nframe_stack = 0\n", "'prior.frame_stack' must be positive"),
     ("[loss]\nfeature_matching = 2.0\n", "'loss.feature_matching' needs a discriminator"),
     ("[loss]\nadversarial = -1.0\n", "'loss.adversarial' must not be negative"),
     ("[prior]\nlabel_dropout = 0.1\n", "'prior.label_dropout' needs a label-conditioned prior"),

@@ -14,12 +14,17 @@ def wavenet():
     return prior, prior.heads, (14, 3)  # codes (B, T, L)
 
 
+def wavenet_frame_stack():  # 2 code frames a step, 13 frames: the last step padded
+    prior = WaveNetPrior(16, levels=2, channels=8, cycles=2, layers_per_cycle=3, num_labels=3, frame_stack=2)
+    return prior, prior.heads, (13, 2)
+
+
 def pixelcnn():
     prior = GatedPixelCNN(16, channels=8, layers=8, num_labels=3)
     return prior, [prior.head], (7, 7)  # codes (B, H, W), raster order
 
 
-PRIORS = {"wavenet": wavenet, "pixelcnn": pixelcnn}
+PRIORS = {"wavenet": wavenet, "wavenet_frame_stack": wavenet_frame_stack, "pixelcnn": pixelcnn}
 
 
 def randomise(heads) -> None:

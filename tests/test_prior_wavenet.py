@@ -89,9 +89,34 @@ def test_guided_samplers_equal_the_reference_on_guided_logits():
         cached = prior.generate(3, 30, controls, labels)
         reference = reference_sample(sequence_logits_fn(prior, labels, g), (30, 2), 3, controls)
         torch_path = prior._generate(GuidedStep(prior.stepper(6, torch.cat([labels, torch.full((3,), 4)])), 3, g),
-                                     Sampler(controls, 3, 60), 3, 30, None)
+                                     Sampler(controls, 3, 60), 30, None)
         assert torch.equal(cached, reference) and torch.equal(torch_path, reference)
         assert not torch.equal(cached, plain)
+
+
+def test_frame_stacked_samplers_equal_the_reference():
+    """prior.frame_stack = 2: each step of the stack draws two code frames (four codes), in
+    the same order and from the same noise as the reference over (T, L); an odd number of
+    frames comes back exactly, the half-used last step cut. Numpy, torch and guided paths."""
+    prior = randomised(WaveNetPrior(24, levels=2, channels=16, cycles=2, layers_per_cycle=3, num_labels=4,
+                                    null_label=True, frame_stack=2))
+    with torch.no_grad():
+        for layer in prior.layers:
+            torch.nn.init.normal_(layer.label.weight)
+    assert prior.receptive_field == 2 * (1 + 2 * 7)
+    labels = torch.tensor([0, 3, 1])
+    for controls in (Controls(seed=7), Controls(temperature=0.8, top_k=5, seed=3), Controls(seed=2, guidance=3.0)):
+        cached = prior.generate(3, 31, controls, labels)
+        assert cached.shape == (3, 31, 2) and cached.unique().numel() > 3
+        reference = reference_sample(sequence_logits_fn(prior, labels, controls.guidance), (31, 2), 3, controls)
+        assert torch.equal(cached, reference)
+        step = prior.stepper(6, torch.cat([labels, torch.full((3,), 4)])) if controls.guided else prior.stepper(3, labels)
+        step = GuidedStep(step, 3, controls.guidance) if controls.guided else step
+        torch_path = prior._generate(step, Sampler(controls, 3, 64), 31, None)  # 16 steps of 4 codes
+        assert torch.equal(prior._frames(torch_path, 31), reference)
+    frames = []
+    prior.generate(1, 31, Controls(), torch.tensor([0]), progress=frames.append)
+    assert frames[-1] == 31 and frames[0] == 2  # progress counts code frames
 
 
 def test_guidance_needs_a_prior_trained_with_label_dropout():
@@ -141,7 +166,7 @@ def test_numpy_path_draws_the_torch_paths_codes(conditioned):
     for controls in (Controls(seed=1), Controls(temperature=0), Controls(temperature=0.8, top_k=4, seed=2),
                      Controls(temperature=1.2, top_p=0.9, seed=4)):
         fast = prior.generate(3, 40, controls, labels)
-        torch_path = prior._generate(prior.stepper(3, labels), Sampler(controls, 3, 80), 3, 40, None)
+        torch_path = prior._generate(prior.stepper(3, labels), Sampler(controls, 3, 80), 40, None)
         assert torch.equal(fast, torch_path)
 
 

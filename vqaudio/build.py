@@ -74,7 +74,7 @@ def build_audio_prior(recipe: Recipe, num_labels: int) -> WaveNetPrior:
     p = recipe.prior
     return WaveNetPrior(recipe.quantizer.num_codes, levels=p.levels, channels=p.channels,
                         cycles=p.cycles, layers_per_cycle=p.layers_per_cycle, num_labels=num_labels,
-                        null_label=p.label_dropout > 0)
+                        null_label=p.label_dropout > 0, frame_stack=p.frame_stack)
 
 
 def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
@@ -91,7 +91,9 @@ def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: lis
         "levels": levels,
         "bitrate_bps": vqvae_config["bitrate_bps"][str(levels)],
         "labels": labels,  # label i of the model is labels[i]; [] when unconditioned
-        "receptive_field_frames": receptive_field(recipe.prior.layers_per_cycle, recipe.prior.cycles),
+        "frame_stack": recipe.prior.frame_stack,  # code frames per step of the prior
+        "receptive_field_frames": recipe.prior.frame_stack * receptive_field(recipe.prior.layers_per_cycle,
+                                                                             recipe.prior.cycles),
         "recipe": recipe.to_dict(),
     }
 

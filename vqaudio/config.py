@@ -110,7 +110,10 @@ class PriorConfig:
     levels: int = 2  # residual-VQ levels the prior models (sampled audio decodes at that bitrate)
     channels: int = 64
     cycles: int = 2  # dilations 1, 2, … 2^(layers_per_cycle-1), repeated this many times
-    layers_per_cycle: int = 7  # receptive field 1 + cycles · (2^layers_per_cycle - 1) frames
+    layers_per_cycle: int = 7  # receptive field 1 + cycles · (2^layers_per_cycle - 1) steps
+    # Code frames per step of the prior: 2 lets it see the codec at half its frame rate (half
+    # the passes through the layers when sampling, each step modelling 2 x levels codes).
+    frame_stack: int = 1
     conditional: bool = False  # condition on the label taken by data.label_regex
     # Classifier-free guidance: label_dropout > 0 trains the prior without its label that
     # often (a "null" label), so `vqaudio sample` can push samples toward the label asked for:
@@ -377,6 +380,7 @@ def validate(r: Recipe | ImageRecipe) -> None:
         "loss.discriminator_channels": r.loss.discriminator_channels,
         "prior.channels": r.prior.channels, "prior.cycles": r.prior.cycles,
         "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
+        "prior.frame_stack": r.prior.frame_stack,
     }, non_negative={
         "model.res_blocks": r.model.res_blocks, "model.n_fft": r.model.n_fft, "prior.pad_seconds": r.prior.pad_seconds,
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,

@@ -162,6 +162,9 @@ def load_entropy_prior(codec) -> tuple[WaveNetPrior, dict]:
     if config.get("labels"):
         raise VqaudioError(f"model {folder}: the entropy prior is label-conditioned; entropy coding "
                            "needs an unconditional one (prior.conditional = false)")
+    if prior.frame_stack != 1:
+        raise VqaudioError(f"model {folder}: the entropy prior steps {prior.frame_stack} frames at a time; "
+                           "the entropy coder runs one frame a step: retrain it with prior.frame_stack = 1")
     if config["num_codes"] != codec.config["num_codes"] or not same_codes(config, codec.config):
         raise VqaudioError(f"model {folder}: the entropy prior was trained on the codes of another VQ-VAE "
                            f"(id {config['vqvae_model_id']}, this model is {codec.config['model_id']}); "

@@ -69,7 +69,7 @@ class FixedPoint:
                                  f"fixed-point coding needs all below {MAX_WEIGHT:g}")
         # The largest |sum| in any linear layer: 2C inputs, each at most (levels + layers)
         # clamped values (the residual stream), times the largest weight, plus the bias.
-        largest = 2 * prior.channels * (prior.levels + len(prior.layers)) * LIMIT * MAX_WEIGHT * ONE
+        largest = 2 * prior.channels * (prior.step_levels + len(prior.layers)) * LIMIT * MAX_WEIGHT * ONE
         if largest + MAX_WEIGHT * ONE * ONE >= 2.0 ** 53:
             raise ValueError(f"{prior.channels} channels and {len(prior.layers)} layers could make sums "
                              "beyond 2^53 in fixed point")

@@ -9,7 +9,12 @@ Codes ``(B, T, L)``: T frames, L residual-VQ levels. The sampling order is row-m
   ``(t, 0..l-1)`` already drawn at this frame.
 
 Causality comes from padding the past only (``F.pad(x, (d, 0))``) and from shifting the input
-one frame right. ``generate`` keeps, per layer, a queue of its last ``d`` inputs (Fast WaveNet,
+one frame right.
+
+``frame_stack`` = s > 1 lets the prior see the codec at 1/s of its frame rate: each step of the
+stack reads s code frames as one of s·L codes (``step_levels``), frame-major, so the sampling
+order over ``(T, L)`` is unchanged and a step costs one pass through the layers for s frames.
+Everything outside the class still speaks ``(B, T, L)``; the steppers below run in steps. ``generate`` keeps, per layer, a queue of its last ``d`` inputs (Fast WaveNet,
 arXiv:1611.09482), so each new frame costs one pass through the layers: O(T · layers).
 """
 
@@ -67,29 +72,40 @@ class WaveNetPrior(nn.Module):
     """
 
     def __init__(self, num_codes: int, levels: int = 1, channels: int = 64, cycles: int = 2,
-                 layers_per_cycle: int = 7, num_labels: int = 0, null_label: bool = False):
+                 layers_per_cycle: int = 7, num_labels: int = 0, null_label: bool = False,
+                 frame_stack: int = 1):
         super().__init__()
         self.num_codes, self.levels, self.channels, self.num_labels = num_codes, levels, channels, num_labels
         self.null_label = bool(num_labels and null_label)
-        self.cycles = cycles
-        # The prior's own embeddings of code indices (level l's code c is row l·K + c): one
-        # for the past frames the stack reads, one for the lower levels the heads read.
-        self.embed = nn.Embedding(levels * num_codes, channels)
-        self.embed_lower = nn.Embedding(levels * num_codes, channels)
-        self.register_buffer("offsets", torch.arange(levels) * num_codes, persistent=False)
+        self.cycles, self.frame_stack = cycles, frame_stack
+        self.step_levels = n = levels * frame_stack  # codes per step of the stack
+        # The prior's own embeddings of code indices (step level l's code c is row l·K + c):
+        # one for the past steps the stack reads, one for the lower levels the heads read.
+        self.embed = nn.Embedding(n * num_codes, channels)
+        self.embed_lower = nn.Embedding(n * num_codes, channels)
+        self.register_buffer("offsets", torch.arange(n) * num_codes, persistent=False)
         dilations = [2 ** i for i in range(layers_per_cycle)] * cycles
         self.layers = nn.ModuleList(GatedLayer(channels, d, num_labels + self.null_label) for d in dilations)
         self.post = nn.Conv1d(channels, channels, kernel_size=1)
         self.heads = nn.ModuleList(
             nn.Sequential(nn.ReLU(), nn.Linear(channels, channels), nn.ReLU(),
-                          nn.Linear(channels, num_codes)) for _ in range(levels))
+                          nn.Linear(channels, num_codes)) for _ in range(n))
         for head in self.heads:  # zero head: the loss at step 0 is exactly log K
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
 
     @property
     def receptive_field(self) -> int:
-        return receptive_field(len(self.layers) // self.cycles, self.cycles)
+        """In code frames."""
+        return self.frame_stack * receptive_field(len(self.layers) // self.cycles, self.cycles)
+
+    def _stacked(self, codes: Tensor) -> Tensor:
+        """(B, T, L) -> (B, ceil(T/s), s·L): s frames a step, the last padded with code 0
+        (it comes after every real position, so it changes no logit of theirs)."""
+        b, t, _ = codes.shape
+        steps = -(-t // self.frame_stack)
+        codes = F.pad(codes, (0, 0, 0, steps * self.frame_stack - t))
+        return codes.reshape(b, steps, self.step_levels)
 
     def _check(self, codes: Tensor, labels: Tensor | None) -> None:
         if codes.dim() != 3 or codes.shape[-1] != self.levels:
@@ -109,6 +125,8 @@ class WaveNetPrior(nn.Module):
     def forward(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
         """codes (B, T, L) long -> logits (B, T, L, K)."""
         self._check(codes, labels)
+        b, frames, _ = codes.shape
+        codes = self._stacked(codes)
         x = self.embed(codes + self.offsets).sum(-2).transpose(1, 2)  # (B, C, T)
         x = F.pad(x, (1, -1))  # frame t sees frames < t only
         skip = torch.zeros_like(x)
@@ -116,7 +134,8 @@ class WaveNetPrior(nn.Module):
             x, s = layer(x, labels)
             skip = skip + s
         h = self.post(F.relu(skip)).transpose(1, 2)  # (B, T, C)
-        return torch.stack([head(h + self._lower(codes, l)) for l, head in enumerate(self.heads)], dim=2)
+        logits = torch.stack([head(h + self._lower(codes, l)) for l, head in enumerate(self.heads)], dim=2)
+        return logits.reshape(b, -1, self.levels, self.num_codes)[:, :frames]
 
     def nll(self, codes: Tensor, labels: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """Mean negative log-likelihood in nats per code; ``mask`` (B, T) selects frames."""
@@ -148,13 +167,14 @@ class WaveNetPrior(nn.Module):
         operations per frame, which is what costs at small batch); elsewhere through ``FrameStepper``.
         """
         device = self.embed.weight.device
-        sampler = Sampler(controls, batch, frames * self.levels)
+        steps = -(-frames // self.frame_stack)
+        sampler = Sampler(controls, batch, steps * self.step_levels)
         labels = guided_labels(controls, self.num_labels, self.null_label, labels)
         rows = 2 * batch if controls.guided else batch  # guided: every row twice, the second unlabelled
         if device.type != "cpu":
             step = self.stepper(rows, labels)
             step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
-            return self._generate(step, sampler, batch, frames, progress)
+            return self._frames(self._generate(step, sampler, frames, progress), frames)
         step = NumpyStepper(self, rows, labels)
         step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
         # numpy's OpenBLAS splits a matmul of more than ~2^18 multiply-adds over its threads,
@@ -162,19 +182,25 @@ class WaveNetPrior(nn.Module):
         # of a batch of 8 took 150 ms a frame instead of 0.1 ms. The per-frame matmuls are
         # small; one thread is right for them on any machine.
         with _blas().limit(limits=1, user_api="blas"):
-            return torch.from_numpy(self._generate(step, sampler, batch, frames, progress))
+            return self._frames(torch.from_numpy(self._generate(step, sampler, frames, progress)), frames)
 
-    def _generate(self, step, sampler: Sampler, batch: int, frames: int, progress) -> Tensor | np.ndarray:
-        """The ancestral loop over frames and levels, for a torch (``FrameStepper``) or a numpy
-        (``NumpyStepper``) step: codes (B, frames, L) of the step's kind."""
-        codes = step.new_codes(frames)
-        for t in range(frames):
+    def _frames(self, codes: Tensor, frames: int) -> Tensor:
+        """Steps (B, S, s·L) -> the first ``frames`` code frames (B, frames, L)."""
+        return codes.reshape(codes.shape[0], -1, self.levels)[:, :frames]
+
+    def _generate(self, step, sampler: Sampler, frames: int, progress) -> Tensor | np.ndarray:
+        """The ancestral loop over steps and their levels, for a torch (``FrameStepper``) or a
+        numpy (``NumpyStepper``) step: codes (B, ceil(frames/s), s·L) of the step's kind.
+        ``progress`` hears code frames done."""
+        steps, n = -(-frames // self.frame_stack), self.step_levels
+        codes = step.new_codes(steps)
+        for t in range(steps):
             h = step.context()
-            for l in range(self.levels):
-                codes[:, t, l] = sampler(step.logits(h, codes[:, t], l), t * self.levels + l)
+            for l in range(n):
+                codes[:, t, l] = sampler(step.logits(h, codes[:, t], l), t * n + l)
             step.push(codes[:, t])
             if progress is not None:
-                progress(t + 1)
+                progress(min((t + 1) * self.frame_stack, frames))
         return codes
 
 
@@ -252,7 +278,7 @@ class FrameStepper:
 
     def new_codes(self, frames: int) -> Tensor:
         """(B, frames, L) long zeros on the prior's device: ``generate`` fills them in."""
-        return torch.zeros(self.batch, frames, self.prior.levels, dtype=torch.long, device=self.embed.device)
+        return torch.zeros(self.batch, frames, self.prior.step_levels, dtype=torch.long, device=self.embed.device)
 
     @torch.inference_mode()
     def context(self):
@@ -305,7 +331,7 @@ class NumpyStepper:
     def __init__(self, prior: WaveNetPrior, batch: int, labels: Tensor | None):
         prior._check_labels(labels)
         c, n = prior.channels, len(prior.layers)
-        self.prior, self.batch, self.levels = prior, batch, prior.levels
+        self.prior, self.batch, self.levels = prior, batch, prior.step_levels
         f32 = lambda w: w.detach().cpu().numpy().astype(np.float32)  # a copy
         halve_b = np.concatenate([np.ones(c), np.full(c, 0.5)]).astype(np.float32)
         # z rows, (layers, B, 2C + 1): [x | 2·gate | 1] per layer
