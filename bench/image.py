@@ -45,13 +45,15 @@ SAMPLES_PER_CLASS = 16
 # The levers, each row a change from the shipped recipe (VQ-VAE stage only, the same steps).
 ABLATION = {
     "1 code per cell (the first recipe: K = 128, beta 0.25)": ["quantizer.levels=1", "quantizer.beta=0.25"],
-    "4 residual levels, beta 0.25": ["quantizer.beta=0.25"],
-    "4 residual levels, beta 0.25, K = 256": ["quantizer.beta=0.25", "quantizer.num_codes=256"],
+    "4 residual levels, beta 0.25": ["quantizer.levels=4", "quantizer.beta=0.25"],
+    "4 residual levels, beta 0.25, K = 256": ["quantizer.levels=4", "quantizer.beta=0.25", "quantizer.num_codes=256"],
     "6 residual levels, beta 0.25": ["quantizer.levels=6", "quantizer.beta=0.25"],
+    "4 residual levels": ["quantizer.levels=4"],
+    "6 residual levels": ["quantizer.levels=6"],
     "beta 0.1": ["quantizer.beta=0.1"],
     "beta 0 (the EMA codebook alone)": ["quantizer.beta=0"],
     "the decoder reads the latent as it is (no unit-RMS input)": ["model.decoder_input_norm=false"],
-    "the recipe: 4 residual levels, K = 128, beta 0.05, decoder input at unit RMS": [],
+    "the recipe: 8 residual levels, K = 128, beta 0.05, decoder input at unit RMS": [],
 }
 
 
