@@ -59,7 +59,7 @@ def main() -> None:
                     help='sampling settings for the quality table, e.g. "" (defaults) "t=0.8" "t=1,k=50" "p=0.9" "g=3"')
     ap.add_argument("--per-label", type=int, default=10, help="quality: clips per digit")
     ap.add_argument("--real-files", type=int, default=50,
-                    help="quality: how many of the prior's validation recordings to judge (DNSMOS costs ~0.3-4 s per clip)")
+                    help="quality: how many of the prior's validation recordings to judge (DNSMOS costs ~0.3-4 s per clip; 0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     what = set(args.what.split(","))
@@ -263,7 +263,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
         codec = load_codec(vqvae_dir)
         prior, config = load_audio_prior(prior_dir)
         name = f"{model or 'pretrained'}"
-        if codec.config["model_id"] not in seen_codecs:
+        if real_files and codec.config["model_id"] not in seen_codecs:  # 0: samples only
             seen_codecs.add(codec.config["model_id"])
             for row, r in real_rows(codec, config, real_files).items():
                 print(f"| {row} | | {r['n']} | {r['asked']:.0%} | {r['some']:.0%} | {r['ovrl']:.2f} |", flush=True)

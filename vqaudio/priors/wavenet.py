@@ -308,6 +308,20 @@ class FrameStepper:
         self.t += 1
 
 
+# Up to this batch a matmul runs row by row, as vector-matrix products: OpenBLAS's
+# matrix-matrix path costs more for 2 rows than two vector calls do (4.5 against 3.1 µs for a
+# (2, 64) @ (64, 256) product on the idle machine, about 3x that beside a busy core), and a
+# guided draw of one clip is a batch of 2.
+ROWWISE_MAX = 2
+
+
+def _rows(a: np.ndarray, out: np.ndarray) -> list[tuple[Callable, np.ndarray, np.ndarray]]:
+    """The (product, input, output) triples that make ``out = a @ W``: ``np.dot`` of each row's
+    1-D views up to ``ROWWISE_MAX`` rows, else one ``np.matmul`` of the whole (it takes the
+    strided ``out`` views that ``np.dot`` refuses; ``np.dot`` costs less per call)."""
+    return [(np.dot, x, y) for x, y in zip(a, out)] if len(a) <= ROWWISE_MAX else [(np.matmul, a, out)]
+
+
 class NumpyStepper:
     """``FrameStepper``'s float path restated for speed on the CPU: numpy float32, codes numpy
     int64, the same ``context`` / ``logits`` / ``push`` steps. At batch 1 a frame is a few
@@ -321,7 +335,8 @@ class NumpyStepper:
       floats), one tanh covers the whole (B, 2C), and the / 2 goes into the 1×1 conv;
     * each layer owns a row z = [x | 2·gate | 1] of one buffer, and one matmul
       z @ [I; W_res/2; b_res] writes the next layer's x (residual, gate and bias at once);
-      one (B, layers·(2C+1)) matmul makes the summed skips of all layers.
+      one (B, layers·(2C+1)) matmul makes the summed skips of all layers;
+    * at batch ≤ 2 (one clip, guided or not) each matmul runs row by row (``_rows``).
 
     Same function as ``FrameStepper``, other rounding (float sums in another order): logits
     agree to ~1e-6, and codes drawn from them can differ only where two candidates tie to
@@ -334,8 +349,9 @@ class NumpyStepper:
         self.prior, self.batch, self.levels = prior, batch, prior.step_levels
         f32 = lambda w: w.detach().cpu().numpy().astype(np.float32)  # a copy
         halve_b = np.concatenate([np.ones(c), np.full(c, 0.5)]).astype(np.float32)
-        # z rows, (layers, B, 2C + 1): [x | 2·gate | 1] per layer
-        self.z = np.concatenate([np.zeros((n, batch, 2 * c), np.float32), np.ones((n, batch, 1), np.float32)], 2)
+        # z rows, (B, layers, 2C + 1): [x | 2·gate | 1] per layer; a batch row's z is one
+        # contiguous vector, the input of the skip product
+        self.z = np.concatenate([np.zeros((batch, n, 2 * c), np.float32), np.ones((batch, n, 1), np.float32)], 2)
         w_skip = np.zeros((n, 2 * c + 1, c), np.float32)  # the x rows stay 0
         self.layers = []
         y = np.empty((batch, 4 * c), np.float32)  # one layer's [now ‖ past tap] products
@@ -353,12 +369,12 @@ class NumpyStepper:
                 # Ring (d, B, 2C): slot t % d holds x_{t-d} @ W_past + bias; frames before the
                 # start are zeros (the padding of ``forward``), so the bias alone.
                 ring = list(np.repeat(bias[None], layer.dilation, 0))
-                z = self.z[i]
+                z = self.z[:, i]
                 # Every array and view the frame loop touches, made once: at batch 1 a slice
                 # costs about as much as the arithmetic on it.
-                self.layers.append((z[:, :c], np.concatenate([w[:, :, 1].T, w[:, :, 0].T], 1), y, y[:, :2 * c],
+                self.layers.append((_rows(z[:, :c], y), np.concatenate([w[:, :, 1].T, w[:, :, 0].T], 1), y[:, :2 * c],
                                     y[:, 2 * c:], bias, ring, layer.dilation, y[:, :c], y[:, c:2 * c], z[:, c:2 * c],
-                                    z, w_res, self.z[i + 1, :, :c] if i + 1 < n else None))
+                                    _rows(z, self.z[:, i + 1, :c]) if i + 1 < n else [], w_res))
             self.w_skip = w_skip.reshape(n * (2 * c + 1), c)
             post = np.concatenate([f32(prior.post.weight[:, :, 0]).T, f32(prior.post.bias)[None]])
             self.post, self.u = post, np.ones((batch, c + 1), np.float32)  # [relu(summed skips) | 1]
@@ -366,9 +382,12 @@ class NumpyStepper:
                            np.concatenate([f32(h[3].weight).T, f32(h[3].bias)[None]]))
                           for h in prior.heads]  # head = ReLU, Linear, ReLU, Linear; biases as a row for the 1
             self.v1, self.v2 = np.ones((batch, c + 1), np.float32), np.ones((batch, c + 1), np.float32)  # [relu(.) | 1]
+            self.v1_v2 = _rows(self.v1, self.v2[:, :-1])
             self.embed, self.embed_lower = f32(prior.embed.weight), f32(prior.embed_lower.weight)
         self.offsets = prior.offsets.cpu().numpy()
-        self.x0 = self.z[0, :, :c]  # the stack's input, frame -1: zeros
+        self.x0 = self.z[:, 0, :c]  # the stack's input, frame -1: zeros
+        self.skips = self.u[:, :-1]
+        self.z_skips = _rows(self.z.reshape(batch, -1), self.skips)
         self.t = 0
 
     def new_codes(self, frames: int) -> np.ndarray:
@@ -377,18 +396,22 @@ class NumpyStepper:
     def context(self) -> np.ndarray:
         """(B, C + 1) float32: the summary of frames < t, then a 1 (for the heads' biases)."""
         t = self.t
-        for x, w_in, y, h, y_past, bias, ring, d, h_a, h_b, gate, z, w_res, x_next in self.layers:
-            np.dot(x, w_in, out=y)
+        for x_y, w_in, h, y_past, bias, ring, d, h_a, h_b, gate, z_next, w_res in self.layers:
+            for product, x, y in x_y:
+                product(x, w_in, out=y)
             h += ring[t % d]  # + x_{t-d} @ W_past + bias
             np.add(y_past, bias, out=ring[t % d])  # frame t + d's past tap
             np.tanh(h, out=h)
             h_b += 1
             np.multiply(h_a, h_b, out=gate)  # tanh(a)·(1 + tanh(b/2)) = 2·tanh(a)·sigmoid(b)
-            if x_next is not None:  # the last layer's residual feeds nothing
-                np.matmul(z, w_res, out=x_next)
-        np.maximum(self.z.transpose(1, 0, 2).reshape(self.batch, -1) @ self.w_skip, 0, out=self.u[:, :-1])
+            for product, z, x_next in z_next:  # none after the last layer: its residual feeds nothing
+                product(z, w_res, out=x_next)
+        for product, z, skips in self.z_skips:
+            product(z, self.w_skip, out=skips)
+        np.maximum(self.skips, 0, out=self.skips)
         h = np.ones_like(self.u)
-        np.matmul(self.u, self.post, out=h[:, :-1])
+        for product, u, out in _rows(self.u, h[:, :-1]):
+            product(u, self.post, out=out)
         return h
 
     def logits(self, h: np.ndarray, codes_t: np.ndarray, level: int) -> np.ndarray:
@@ -399,9 +422,15 @@ class NumpyStepper:
             np.add(h[:, :-1], self.embed_lower[codes_t[:, :level] + self.offsets[:level]].sum(1), out=v1[:, :-1])
             h = v1
         np.maximum(h, 0, out=v1)
-        np.matmul(v1, w1, out=v2[:, :-1])
+        for product, a, b in self.v1_v2:
+            product(a, w1, out=b)
         np.maximum(v2, 0, out=v2)
-        return v2 @ w2
+        if self.batch > ROWWISE_MAX:
+            return v2 @ w2
+        out = np.empty((self.batch, w2.shape[1]), np.float32)
+        for b in range(self.batch):
+            np.dot(v2[b], w2, out=out[b])
+        return out
 
     def push(self, codes_t: np.ndarray) -> None:
         """Append frame t's codes (B, L) and move to frame t+1."""
