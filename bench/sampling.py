@@ -84,13 +84,13 @@ def main() -> None:
 
 
 def speed(codec, prior, prior_dir, config, args) -> None:
-    from vqaudio.priors.sampling import Controls, reference_sample, with_default_guidance
+    from vqaudio.priors.sampling import Controls, reference_sample, with_prior_defaults
     from vqaudio.priors.wavenet import sequence_logits_fn
 
     labels = torch.tensor([config["labels"].index("7") if "7" in config["labels"] else 0]) if config["labels"] else None
     frames = math.ceil(args.seconds * config["frames_per_second"])
     length = round(args.seconds * codec.sample_rate)
-    controls = with_default_guidance(Controls(seed=args.seed), config)  # as `vqaudio sample` draws
+    controls = with_prior_defaults(Controls(seed=args.seed), config)  # as `vqaudio sample` draws
 
     def cached():
         return prior.generate(1, frames, controls, labels)
@@ -251,7 +251,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
     from vqaudio.build import load_audio_prior
     from vqaudio.codec import load_codec
     from vqaudio.generate import resolve_run
-    from vqaudio.priors.sampling import with_default_guidance
+    from vqaudio.priors.sampling import with_prior_defaults
 
     print(f"\n### Samples judged by the listeners ({per_label} clips of {seconds:g} s per digit, "
           f"seeds 0-{per_label - 1}; PocketSphinx with a grammar of the ten digit words; DNSMOS P.835)\n")
@@ -269,9 +269,9 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
                 print(f"| {row} | | {r['n']} | {r['asked']:.0%} | {r['some']:.0%} | {r['ovrl']:.2f} |", flush=True)
         for text in controls_list:
             t0 = time.perf_counter()
-            controls = with_default_guidance(parse_controls(text), config)
+            controls = with_prior_defaults(parse_controls(text), config)
             if not text:
-                text = f"defaults (guidance {controls.guidance:g})"
+                text = f"defaults (guidance {controls.guidance:g}, temperature {controls.temperature:g})"
             r = sample_row(codec, prior, config, controls, per_label, seconds)
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"

@@ -63,6 +63,7 @@ def write(tmp_path, text):
     ("[model]\ndecoder = 'fourier'\nn_fft = 129\n", "differ from the hop by an even number, got 129"),
     ("[model]\ndecoder_layers = 0\n", "'model.decoder_layers' must be positive"),
     ("[prior]\nframe_stack = 0\n", "'prior.frame_stack' must be positive"),
+    ("[prior]\ntemperature = -0.5\n", "'prior.temperature' must be 0 or more"),
     ("[loss]\nfeature_matching = 2.0\n", "'loss.feature_matching' needs a discriminator"),
     ("[loss]\nadversarial = -1.0\n", "'loss.adversarial' must not be negative"),
     ("[prior]\nlabel_dropout = 0.1\n", "'prior.label_dropout' needs a label-conditioned prior"),

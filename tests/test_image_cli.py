@@ -58,6 +58,13 @@ def test_sample_writes_an_image_grid_deterministically(run_dir, tmp_path):
     vqaudio("sample", "--num", "9", "-o", tmp_path / "g1.png", "--model", run_dir, "--label", "3", "--seed", "2",
             "--guidance", "1")
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "g1.png")), img)
+    # So is its prior.temperature (0.8).
+    vqaudio("sample", "--num", "9", "-o", tmp_path / "t08.png", "--model", run_dir, "--label", "3", "--seed", "2",
+            "--temperature", "0.8")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "t08.png")), img)
+    vqaudio("sample", "--num", "9", "-o", tmp_path / "t1.png", "--model", run_dir, "--label", "3", "--seed", "2",
+            "--temperature", "1")
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "t1.png")), img)
 
 
 def test_resynth_and_eval_a_glyph(run_dir, tmp_path):

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from vqaudio.errors import VqaudioError
-from vqaudio.priors.sampling import Controls, Sampler, drop_labels, filter_logits, reference_sample
+from vqaudio.priors.sampling import (Controls, Sampler, drop_labels, filter_logits, reference_sample,
+                                     with_prior_defaults)
 from vqaudio.priors.wavenet import GuidedStep, NumpyStepper, WaveNetPrior, sequence_logits_fn
 
 
@@ -117,6 +118,17 @@ def test_frame_stacked_samplers_equal_the_reference():
     frames = []
     prior.generate(1, 31, Controls(), torch.tensor([0]), progress=frames.append)
     assert frames[-1] == 31 and frames[0] == 2  # progress counts code frames
+
+
+def test_prior_defaults_fill_only_the_controls_left_open():
+    """``vqaudio sample`` leaves guidance and temperature to the prior's recipe unless given;
+    priors saved before those settings existed sample at 1 and 1; without a prior, 1."""
+    config = {"recipe": {"prior": {"guidance": 3.0, "temperature": 0.7}}}
+    assert with_prior_defaults(Controls(seed=4), config) == Controls(seed=4, guidance=3.0, temperature=0.7)
+    given = Controls(guidance=1.0, temperature=0.0)
+    assert with_prior_defaults(given, config) == given
+    assert with_prior_defaults(Controls(), {"recipe": {"prior": {}}}) == Controls(guidance=1.0, temperature=1.0)
+    assert Controls().check().temperature == 1.0
 
 
 def test_guidance_needs_a_prior_trained_with_label_dropout():

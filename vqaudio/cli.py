@@ -167,7 +167,8 @@ def sample(
         "--output", "-o", help="Audio: the WAV to write (sample.wav; with --num N, NAME-1.wav … "
         "NAME-N.wav). Images: one PNG grid (samples.png).")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="How many clips.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sharpen (<1) or flatten (>1); 0 = most likely codes.")] = 1.0,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="Sharpen (<1) or flatten (>1); 0 = most likely codes (default: the prior's prior.temperature).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample among the k most likely codes (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: smallest set with this probability.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same audio.")] = 0,

@@ -120,6 +120,7 @@ class PriorConfig:
     # guidance is its default strength (1 = plain conditioning; needs label_dropout > 0 otherwise).
     label_dropout: float = 0.0
     guidance: float = 1.0
+    temperature: float = 1.0  # vqaudio sample's default --temperature (< 1 sharpens, 0 = most likely codes)
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding
     sample_seconds: float = 2.0  # length of the clips sampled into TensorBoard at validation
@@ -194,6 +195,7 @@ class PixelCNNConfig:
     # guidance is its default strength (1 = plain conditioning; needs label_dropout > 0 otherwise).
     label_dropout: float = 0.0
     guidance: float = 1.0
+    temperature: float = 1.0  # vqaudio sample's default --temperature (< 1 sharpens, 0 = most likely codes)
 
 
 @dataclass
@@ -360,6 +362,8 @@ def _check_ranges(r, positive: dict[str, Any], non_negative: dict[str, Any]) -> 
                   "or prior.label_dropout = 0")
     if not (r.prior.guidance >= 0 and math.isfinite(r.prior.guidance)):
         raise bad("prior.guidance", f"must be 0 or more, got {r.prior.guidance}")
+    if not (r.prior.temperature >= 0 and math.isfinite(r.prior.temperature)):
+        raise bad("prior.temperature", f"must be 0 or more, got {r.prior.temperature}")
     if r.prior.guidance != 1 and not r.prior.label_dropout:
         raise bad("prior.guidance", "needs a prior trained with label dropout: set prior.label_dropout "
                   "(e.g. 0.1) or prior.guidance = 1")

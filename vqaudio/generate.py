@@ -16,7 +16,7 @@ from vqaudio.build import AUDIO_PRIOR, IMAGE_PRIOR, load_audio_prior
 from vqaudio.checkpoint import read_config, same_codes
 from vqaudio.codec import PRETRAINED, load_codec
 from vqaudio.errors import VqaudioError
-from vqaudio.priors.sampling import Controls, with_default_guidance
+from vqaudio.priors.sampling import Controls, with_prior_defaults
 
 
 def resolve_run(model: str | Path | None) -> tuple[Path, Path]:
@@ -55,7 +55,7 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
     controls.check()
     vqvae_dir, prior_dir = resolve_run(model)
     prior_config = read_config(prior_dir)
-    controls = with_default_guidance(controls, prior_config)
+    controls = with_prior_defaults(controls, prior_config)
     if prior_config["kind"] == IMAGE_PRIOR:
         from vqaudio.image_commands import sample_images
 

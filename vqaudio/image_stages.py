@@ -132,7 +132,8 @@ class ImagePriorStage:
             writer.add_scalar(f"{self.name}/val/{key}", v, step)
         n = 32
         labels = torch.arange(n) % len(self.labels) if self.labels else None
-        grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), Controls(seed=step, guidance=self.recipe.prior.guidance), labels).cpu()
+        controls = Controls(seed=step, guidance=self.recipe.prior.guidance, temperature=self.recipe.prior.temperature)
+        grids = self.model.sample(n, tuple(self.val_codes.shape[1:]), controls, labels).cpu()
         independent = independent_codes(self.train_codes, n, k, seed=step)
         writer.add_image(f"{self.name}/samples_vs_independent_codes",
                          side_by_side(decode_grids(self.vqvae, grids, self.recipe.prior.levels).clamp(0, 1),

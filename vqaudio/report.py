@@ -204,7 +204,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
     from vqaudio.build import AUDIO_PRIOR
     from vqaudio.checkpoint import read_config
     from vqaudio.generate import _labels, check_seconds, generate_clips, load_audio_run, resolve_run
-    from vqaudio.priors.sampling import with_default_guidance
+    from vqaudio.priors.sampling import with_prior_defaults
 
     label_text = f"--report {out_dir}"
     if num < 1:
@@ -220,7 +220,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
 
         check_available()
     codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
-    controls = with_default_guidance(controls, config)
+    controls = with_prior_defaults(controls, config)
     vocab = config["labels"]
     asked = [label] if label is not None else (vocab or [None])
     kbps = config["bitrate_bps"] / 1000

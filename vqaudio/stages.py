@@ -174,7 +174,7 @@ class AudioPriorStage:
         }
         for k, v in metrics.items():
             writer.add_scalar(f"{self.name}/val/{k}", v, step)
-        controls = Controls(seed=step, guidance=self.recipe.prior.guidance)
+        controls = Controls(seed=step, guidance=self.recipe.prior.guidance, temperature=self.recipe.prior.temperature)
         for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, controls)):
             tag = f"label_{self.labels[i % len(self.labels)]}" if self.labels else str(i)
             wav = np.clip(wav, -1, 1)

@@ -22,7 +22,9 @@ from vqaudio.errors import VqaudioError
 
 @dataclass(frozen=True)
 class Controls:
-    temperature: float = 1.0  # 0 = always the most likely code
+    # > 1 flattens, < 1 sharpens, 0 = always the most likely code. None = the prior's own
+    # default (prior.temperature of its recipe; 1 where it has none).
+    temperature: float | None = None
     top_k: int = 0  # keep the k most likely codes (0 = all)
     top_p: float = 1.0  # keep the smallest set whose probability reaches p (1 = all)
     seed: int = 0
@@ -37,6 +39,10 @@ class Controls:
         return self.guidance is not None and self.guidance != 1.0
 
     def check(self) -> "Controls":
+        """These controls, validated; a temperature left to the prior's default (None) reads 1
+        here, where no prior is at hand (``with_prior_defaults`` fills it from the prior)."""
+        if self.temperature is None:
+            return replace(self, temperature=1.0).check()
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise VqaudioError(f"--temperature must be 0 or more, got {self.temperature}")
         if self.top_k < 0:
@@ -62,12 +68,14 @@ def drop_labels(labels: Tensor, rate: float, null: int) -> Tensor:
     return labels.masked_fill(torch.rand(labels.shape, device=labels.device) < rate, null)
 
 
-def with_default_guidance(controls: Controls, prior_config: dict) -> Controls:
-    """``controls`` with guidance None replaced by the prior's own default: ``prior.guidance``
-    of the recipe it was trained with (1, plain conditioning, for priors without one)."""
-    if controls.guidance is not None:
-        return controls
-    return replace(controls, guidance=float(prior_config["recipe"]["prior"].get("guidance", 1.0)))
+def with_prior_defaults(controls: Controls, prior_config: dict) -> Controls:
+    """``controls`` with guidance and temperature left as None replaced by the prior's own
+    defaults: ``prior.guidance`` and ``prior.temperature`` of the recipe it was trained with
+    (1 each, plain conditioning at full temperature, for priors saved before they existed)."""
+    p = prior_config["recipe"]["prior"]
+    return replace(controls,
+                   guidance=float(p.get("guidance", 1.0)) if controls.guidance is None else controls.guidance,
+                   temperature=float(p.get("temperature", 1.0)) if controls.temperature is None else controls.temperature)
 
 
 def guided_labels(controls: Controls, num_labels: int, has_null: bool, labels: Tensor | None) -> Tensor | None:
