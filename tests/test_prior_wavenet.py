@@ -11,7 +11,8 @@ from torch.testing import assert_close
 from vqaudio.errors import VqaudioError
 from vqaudio.priors.sampling import (Controls, Sampler, drop_labels, filter_logits, reference_sample,
                                      with_prior_defaults)
-from vqaudio.priors.wavenet import GuidedStep, NumpyStepper, WaveNetPrior, sequence_logits_fn
+from vqaudio.priors.steppers import GuidedStep, NumpyStepper
+from vqaudio.priors.wavenet import WaveNetPrior, sequence_logits_fn
 
 
 def randomised(prior: WaveNetPrior, std: float = 0.5) -> WaveNetPrior:
