@@ -100,8 +100,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     num_threads: int = 0  # torch threads; 0 = torch's default
     nonfinite: str = "stop"  # a NaN/Inf loss or gradient: "stop" with an error, or "skip" the batch
-    # VQ-VAE stage only: train the decoder alone. The encoder and codebooks keep their --init
-    # weights, so every input keeps its codes and priors trained on them stay valid.
+
+
+@dataclass
+class VQVAETrainConfig(TrainConfig):
+    """[train]: the VQ-VAE stage's loop, with what only that stage can do."""
+    # Train the decoder alone. The encoder and codebooks keep their --init weights, so every
+    # input keeps its codes and priors trained on them stay valid.
     decoder_only: bool = False
 
 
@@ -139,7 +144,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: VQVAETrainConfig = field(default_factory=VQVAETrainConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     prior_train: TrainConfig = field(default_factory=_prior_train)  # the prior stage's loop
     prior_data: PriorDataConfig = field(default_factory=PriorDataConfig)  # the prior's files, if not [data]'s
@@ -206,7 +211,7 @@ class ImageRecipe:
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
     model: ImageModelConfig = field(default_factory=ImageModelConfig)
     quantizer: QuantizerConfig = field(default_factory=lambda: QuantizerConfig(num_codes=64, levels=1, dropout=False))
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: VQVAETrainConfig = field(default_factory=VQVAETrainConfig)
     prior: PixelCNNConfig = field(default_factory=PixelCNNConfig)
     prior_train: TrainConfig = field(default_factory=_prior_train)
     source: str = field(default="", metadata={"internal": True})
@@ -239,8 +244,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
+# Keys that recipes and saved models of earlier versions carry where they meant nothing: dropped
+# when they hold that meaningless value (anything else is an unknown key, an error).
+RETIRED_KEYS = {("prior_train", "decoder_only"): False}
+
+
 def from_dict(raw: dict[str, Any], where: str = "config") -> Recipe | ImageRecipe:
     """The recipe class named by the top-level ``kind`` ("audio" by default)."""
+    for (section, key), meaningless in RETIRED_KEYS.items():
+        if isinstance(raw.get(section), dict) and raw[section].get(key, not meaningless) is meaningless:
+            raw = {**raw, section: {k: v for k, v in raw[section].items() if k != key}}
     kind = raw.get("kind", "audio")
     if kind not in RECIPE_KINDS:
         raise VqaudioError(f"recipe {where}: 'kind' must be one of {', '.join(RECIPE_KINDS)}, got {kind!r}")
@@ -353,8 +366,6 @@ def _check_ranges(r, positive: dict[str, Any], non_negative: dict[str, Any]) -> 
     for name in ("train", "prior_train"):
         if getattr(r, name).nonfinite not in ("stop", "skip"):
             raise bad(f"{name}.nonfinite", f"must be 'stop' or 'skip', got {getattr(r, name).nonfinite!r}")
-    if r.prior_train.decoder_only:
-        raise bad("prior_train.decoder_only", "is for the VQ-VAE stage ([train]); the prior has no decoder")
     if not 0 <= r.prior.label_dropout < 1:
         raise bad("prior.label_dropout", f"must be at least 0 and below 1, got {r.prior.label_dropout}")
     if r.prior.label_dropout and not r.prior.conditional:
