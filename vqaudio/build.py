@@ -92,8 +92,8 @@ def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: lis
         "bitrate_bps": vqvae_config["bitrate_bps"][str(levels)],
         "labels": labels,  # label i of the model is labels[i]; [] when unconditioned
         "frame_stack": recipe.prior.frame_stack,  # code frames per step of the prior
-        "receptive_field_frames": recipe.prior.frame_stack * receptive_field(recipe.prior.layers_per_cycle,
-                                                                             recipe.prior.cycles),
+        "receptive_field_frames": receptive_field(recipe.prior.layers_per_cycle, recipe.prior.cycles,
+                                                  recipe.prior.frame_stack),
         "recipe": recipe.to_dict(),
     }
 

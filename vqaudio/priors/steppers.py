@@ -250,11 +250,9 @@ class NumpyStepper:
         for product, a, b in self.v1_v2:
             product(a, w1, out=b)
         np.maximum(v2, 0, out=v2)
-        if self.batch > ROWWISE_MAX:
-            return v2 @ w2
         out = np.empty((self.batch, w2.shape[1]), np.float32)
-        for b in range(self.batch):
-            np.dot(v2[b], w2, out=out[b])
+        for product, a, b in _rows(v2, out):
+            product(a, w2, out=b)
         return out
 
     def push(self, codes_t: np.ndarray) -> None:

@@ -33,10 +33,10 @@ from vqaudio.priors.sampling import Controls, Sampler, guide, guided_labels
 from vqaudio.priors.steppers import FloatArith, FrameStepper, GuidedStep, NumpyStepper, blas
 
 
-def receptive_field(layers_per_cycle: int, cycles: int) -> int:
-    """Frames of past codes that reach ``h_t``: 1 (the input shift) + the sum of the
-    dilations 1, 2, … 2^(layers_per_cycle-1) over all cycles."""
-    return 1 + cycles * (2 ** layers_per_cycle - 1)
+def receptive_field(layers_per_cycle: int, cycles: int, frame_stack: int = 1) -> int:
+    """Code frames of the past that reach ``h_t``: ``frame_stack`` per step times 1 (the input
+    shift) + the sum of the dilations 1, 2, … 2^(layers_per_cycle-1) over all cycles."""
+    return frame_stack * (1 + cycles * (2 ** layers_per_cycle - 1))
 
 
 class GatedLayer(nn.Module):
@@ -97,13 +97,17 @@ class WaveNetPrior(nn.Module):
     @property
     def receptive_field(self) -> int:
         """In code frames."""
-        return self.frame_stack * receptive_field(len(self.layers) // self.cycles, self.cycles)
+        return receptive_field(len(self.layers) // self.cycles, self.cycles, self.frame_stack)
+
+    def _steps(self, frames: int) -> int:
+        """Steps of the stack that cover ``frames`` code frames: ceil(frames / s)."""
+        return -(-frames // self.frame_stack)
 
     def _stacked(self, codes: Tensor) -> Tensor:
         """(B, T, L) -> (B, ceil(T/s), s·L): s frames a step, the last padded with code 0
         (it comes after every real position, so it changes no logit of theirs)."""
         b, t, _ = codes.shape
-        steps = -(-t // self.frame_stack)
+        steps = self._steps(t)
         codes = F.pad(codes, (0, 0, 0, steps * self.frame_stack - t))
         return codes.reshape(b, steps, self.step_levels)
 
@@ -167,8 +171,7 @@ class WaveNetPrior(nn.Module):
         operations per frame, which is what costs at small batch); elsewhere through ``FrameStepper``.
         """
         device = self.embed.weight.device
-        steps = -(-frames // self.frame_stack)
-        sampler = Sampler(controls, batch, steps * self.step_levels)
+        sampler = Sampler(controls, batch, self._steps(frames) * self.step_levels)
         labels = guided_labels(controls, self.num_labels, self.null_label, labels)
         rows = 2 * batch if controls.guided else batch  # guided: every row twice, the second unlabelled
         if device.type != "cpu":
@@ -192,7 +195,7 @@ class WaveNetPrior(nn.Module):
         """The ancestral loop over steps and their levels, for a torch (``FrameStepper``) or a
         numpy (``NumpyStepper``) step: codes (B, ceil(frames/s), s·L) of the step's kind.
         ``progress`` hears code frames done."""
-        steps, n = -(-frames // self.frame_stack), self.step_levels
+        steps, n = self._steps(frames), self.step_levels
         codes = step.new_codes(steps)
         for t in range(steps):
             h = step.context()
