@@ -123,3 +123,51 @@ def test_recipes_saved_before_prior_data_still_load_and_resume():
     assert recipe_differences(old, current) == []
     changed = load_recipe(SMOKE, [f"prior_data.folders=['{FSDD}']"]).to_dict()
     assert recipe_differences(old, changed) == ["prior_data.folders"]
+
+
+def test_change_speed_scales_tempo_and_pitch_together():
+    from vqaudio.data.codes import change_speed
+
+    sr = 8000
+    tone = np.sin(2 * np.pi * 200 * np.arange(sr) / sr).astype(np.float32)  # 1 s at 200 Hz
+    assert change_speed(tone, 1.0, sr) is tone
+    for speed in (0.9, 1.1):
+        fast = change_speed(tone, speed, sr)
+        assert fast.dtype == np.float32 and abs(len(fast) - sr / speed) <= 1
+        spectrum = np.abs(np.fft.rfft(fast * np.hanning(len(fast))))
+        peak_hz = np.argmax(spectrum) * sr / len(fast)
+        assert abs(peak_hz - 200 * speed) < 3, (speed, peak_hz)
+
+
+def test_prior_train_speeds_add_perturbed_copies_of_training_files_only(tmp_path):
+    from vqaudio.build import audio_model_config, build_audio_vqvae
+    from vqaudio.checkpoint import save_model_dir
+    from vqaudio.stages import audio_prior_stage
+
+    sets = [f"data.folders=['{FSDD}']", "data.max_files=10"]
+    plain = load_recipe(SMOKE, sets)
+    perturbed = load_recipe(SMOKE, sets + ["prior.train_speeds=[0.9, 1.0, 1.1]"])
+    run = tmp_path / "run"
+    save_model_dir(run / "vqvae", build_audio_vqvae(plain), audio_model_config(plain))
+
+    stage_1, crops_1 = audio_prior_stage(plain, run)
+    stage_3, crops_3 = audio_prior_stage(perturbed, run)  # another key: the cache is rebuilt
+    one, three = crops_1.sequences, crops_3.sequences
+    assert len(three) == 3 * len(one) and len(stage_3.val) == len(stage_1.val)  # validation untouched
+    np.testing.assert_array_equal(three.labels, np.repeat(one.labels, 3))
+    pad = 2 * round(perturbed.prior.pad_seconds * 8000 / 64)  # frames of silence around each file
+    for i, seq in enumerate(one.sequences):
+        slow, same, fast = three.sequences[3 * i: 3 * i + 3]
+        np.testing.assert_array_equal(same, seq)  # speed 1 is the file itself
+        speech = len(seq) - pad
+        assert abs((len(slow) - pad) - speech / 0.9) <= 2 and abs((len(fast) - pad) - speech / 1.1) <= 2
+    # Read back from the cache: the same sequences and labels.
+    _, crops_again = audio_prior_stage(perturbed, run)
+    assert all(np.array_equal(a, b) for a, b in zip(crops_again.sequences.sequences, three.sequences))
+    np.testing.assert_array_equal(crops_again.sequences.labels, three.labels)
+
+
+@pytest.mark.parametrize("speeds", ["[]", "[0.3]", "[1.0, 2.5]"])
+def test_bad_train_speeds_are_refused(speeds):
+    with pytest.raises(VqaudioError, match="prior.train_speeds.*between 0.5 and 2"):
+        load_recipe(SMOKE, [f"prior.train_speeds={speeds}"])

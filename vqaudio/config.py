@@ -128,6 +128,10 @@ class PriorConfig:
     temperature: float = 1.0  # vqaudio sample's default --temperature (< 1 sharpens, 0 = most likely codes)
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding
+    # Speed perturbation of the prior's training files (validation files stay as they are):
+    # each is encoded once per factor, played that much faster (tempo and pitch together, a
+    # shorter or longer vocal tract): more voices for a prior trained on few speakers.
+    train_speeds: list[float] = field(default_factory=lambda: [1.0])
     sample_seconds: float = 2.0  # length of the clips sampled into TensorBoard at validation
 
 
@@ -432,6 +436,9 @@ def validate(r: Recipe | ImageRecipe) -> None:
                   f"quantizer.levels = {r.quantizer.levels}")
     if r.prior.sequence_frames < 2:
         raise bad("prior.sequence_frames", f"must be at least 2, got {r.prior.sequence_frames}")
+    if not r.prior.train_speeds or not all(0.5 <= s <= 2 for s in r.prior.train_speeds):
+        raise bad("prior.train_speeds", f"must be a non-empty list of factors between 0.5 and 2, "
+                  f"got {r.prior.train_speeds}")
     if r.prior.conditional and not r.data.label_regex:
         raise bad("prior.conditional", "is true but data.label_regex is empty; set a regex whose "
                   "first group is the label, or set prior.conditional = false")

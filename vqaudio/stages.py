@@ -232,6 +232,7 @@ def audio_prior_stage(recipe: Recipe, run_dir: Path):
     else:
         ids = [0] * (len(train_files) + len(val_files))
     p = recipe.prior
-    train = encode_files(codec, train_files, ids[: len(train_files)], p.pad_seconds, run_dir / "codes-train.npz")
+    train = encode_files(codec, train_files, ids[: len(train_files)], p.pad_seconds, run_dir / "codes-train.npz",
+                         p.train_speeds)
     val = encode_files(codec, val_files, ids[len(train_files):], p.pad_seconds, run_dir / "codes-val.npz")
     return AudioPriorStage(recipe, codec, val, vocab), CodeCrops(train, p.sequence_frames, p.levels)

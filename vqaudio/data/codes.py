@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -84,27 +85,38 @@ def silence_codes(codec: Codec) -> np.ndarray:
     return frames[len(frames) // 2]
 
 
-def _key(codec: Codec, files: list[Path], pad_seconds: float) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, codes_id(codec.config), pad_seconds]).encode())
+def _key(codec: Codec, files: list[Path], pad_seconds: float, speeds: list[float]) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, codes_id(codec.config), pad_seconds]
+                                  + ([list(speeds)] if list(speeds) != [1.0] else [])).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
+def change_speed(wav: np.ndarray, speed: float, sample_rate: int) -> np.ndarray:
+    """``wav`` played ``speed`` times faster: read as if recorded at speed x the rate and
+    resampled back, so tempo and pitch scale together (speed perturbation, Ko et al. 2015)."""
+    if speed == 1:
+        return wav
+    return soxr.resample(wav, round(sample_rate * speed), sample_rate, quality="HQ").astype(np.float32)
+
+
 def encode_files(codec: Codec, files: list[Path], labels: list[int], pad_seconds: float,
-                 cache: Path | None = None) -> CodeSequences:
+                 cache: Path | None = None, speeds: list[float] = (1.0,)) -> CodeSequences:
     """Codes of every file at all of the codec's levels, from ``cache`` when it was made
     by the same model from the same files (same paths, sizes and times), else encoded now
-    and written there."""
-    key = _key(codec, files, pad_seconds)
+    and written there. With ``speeds``, every file once per speed (``change_speed``): the
+    sequences are file by file, each file's speeds in order, the labels repeated."""
+    key = _key(codec, files, pad_seconds, speeds)
+    labels = np.repeat(np.asarray(labels, dtype=np.int64), len(speeds))
     if cache is not None and cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as data:
                 if str(data["key"]) == key:
                     lengths = data["lengths"]
                     seqs = np.split(data["codes"].astype(np.int64), np.cumsum(lengths)[:-1])
-                    return CodeSequences(seqs, np.asarray(labels, dtype=np.int64), data["silence"])
+                    return CodeSequences(seqs, labels, data["silence"])
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is simply rebuilt
     pad = np.zeros(round(pad_seconds * codec.sample_rate), dtype=np.float32)
@@ -113,11 +125,13 @@ def encode_files(codec: Codec, files: list[Path], labels: list[int], pad_seconds
         wav, _ = read_audio(f, codec.sample_rate)
         if wav.size == 0:
             raise VqaudioError(f"{f}: the file has no samples; remove it from the data folder")
-        seqs.append(codec.encode(np.concatenate([pad, wav, pad]), codec.max_levels))
+        for speed in speeds:
+            seqs.append(codec.encode(np.concatenate([pad, change_speed(wav, speed, codec.sample_rate), pad]),
+                                     codec.max_levels))
     silence = silence_codes(codec)
     if cache is not None:
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, key=np.array(key), lengths=np.array([len(s) for s in seqs]),
                          codes=np.concatenate(seqs).astype(np.int32), silence=silence)
-    return CodeSequences(seqs, np.asarray(labels, dtype=np.int64), silence)
+    return CodeSequences(seqs, labels, silence)
