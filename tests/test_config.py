@@ -136,3 +136,19 @@ def test_unknown_recipe_kind(tmp_path):
     p.write_text('kind = "video"\n')
     with pytest.raises(VqaudioError, match="'kind' must be one of audio, image"):
         load_recipe(p)
+
+
+def test_readme_entropy_prior_command_loads():
+    """The README's command that trains an entropy prior overrides the digit prior's recipe;
+    its --set list must stay a valid recipe as the recipe gains settings."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"vqaudio train (recipes/speech-large\.toml) --stage prior --out \$RUN \\\n(.*?)\nrm -rf", readme, re.S)
+    assert block, "the README no longer has the entropy prior's training command"
+    words = shlex.split(block.group(2).replace("\\\n", " "))
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    recipe = load_recipe(Path(__file__).parents[1] / block.group(1), sets)
+    assert not recipe.prior.conditional and recipe.prior.train_speeds == [1.0]
+    assert len(recipe.prior_data.folders) == 3
