@@ -45,8 +45,8 @@ def save_entropy_prior(model: Path, seed=0, vqvae_model_id=None, frame_stack=1) 
     recipe = dataclasses.replace(recipe, prior=dataclasses.replace(
         recipe.prior, channels=8, cycles=1, layers_per_cycle=3, conditional=False, frame_stack=frame_stack))
     prior = random_prior(config["num_codes"], recipe.prior.levels, seed, frame_stack)
-    if vqvae_model_id:
-        config = {**config, "model_id": vqvae_model_id}
+    if vqvae_model_id:  # a prior of another VQ-VAE's codes (a decoder-only fine-tune names its codes apart)
+        config = {**config, "model_id": vqvae_model_id, "codes_id": vqvae_model_id}
     save_model_dir(model / entropy.ENTROPY_PRIOR, prior, audio_prior_config(recipe, config, []))
 
 
