@@ -53,9 +53,15 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
     if wav.size == 0:
         raise VqaudioError(f"{path} has no samples (an empty or truncated file); remove it or export it again")
     if sample_rate is not None and sample_rate != rate:
-        wav = soxr.resample(wav, rate, sample_rate, quality=_RESAMPLE_QUALITY).astype(np.float32, copy=False)
+        wav = resample(wav, rate, sample_rate)
         rate = int(sample_rate)
     return wav, int(rate)
+
+
+def resample(wav: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Mono float32 ``wav`` at ``rate`` resampled to ``target`` (soxr, HQ): float32,
+    ``round(len(wav) * target / rate)`` samples."""
+    return soxr.resample(wav, rate, target, quality=_RESAMPLE_QUALITY).astype(np.float32, copy=False)
 
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from vqaudio.atomic import atomic_path
-from vqaudio.audio_io import read_audio
+from vqaudio.audio_io import read_audio, resample
 from vqaudio.checkpoint import codes_id
 from vqaudio.codec import Codec
 from vqaudio.errors import VqaudioError
@@ -85,9 +85,8 @@ def silence_codes(codec: Codec) -> np.ndarray:
     return frames[len(frames) // 2]
 
 
-def _key(codec: Codec, files: list[Path], pad_seconds: float, speeds: list[float]) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, codes_id(codec.config), pad_seconds]
-                                  + ([list(speeds)] if list(speeds) != [1.0] else [])).encode())
+def _key(codec: Codec, files: list[Path], pad_seconds: float, speeds: Sequence[float]) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, codes_id(codec.config), pad_seconds, list(speeds)]).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -99,11 +98,11 @@ def change_speed(wav: np.ndarray, speed: float, sample_rate: int) -> np.ndarray:
     resampled back, so tempo and pitch scale together (speed perturbation, Ko et al. 2015)."""
     if speed == 1:
         return wav
-    return soxr.resample(wav, round(sample_rate * speed), sample_rate, quality="HQ").astype(np.float32)
+    return resample(wav, round(sample_rate * speed), sample_rate)
 
 
 def encode_files(codec: Codec, files: list[Path], labels: list[int], pad_seconds: float,
-                 cache: Path | None = None, speeds: list[float] = (1.0,)) -> CodeSequences:
+                 cache: Path | None = None, speeds: Sequence[float] = (1.0,)) -> CodeSequences:
     """Codes of every file at all of the codec's levels, from ``cache`` when it was made
     by the same model from the same files (same paths, sizes and times), else encoded now
     and written there. With ``speeds``, every file once per speed (``change_speed``): the
