@@ -100,6 +100,7 @@ class System:
     scores: dict[str, dict[str, list[float]]] = field(
         default_factory=lambda: {c: {m: [] for m in METRICS + LISTENERS} for c in CORPORA})
     lags: list[int] = field(default_factory=list)
+    heard: list[tuple[int, str | None]] = field(default_factory=list)  # digits: (asked, word heard)
     error: str = ""
     seconds: float = 0.0
     note: str = ""
@@ -228,7 +229,9 @@ def score(s: System, corpus: str, path: Path, ref: np.ndarray, max_lag: int) -> 
     for k, v in dnsmos(est, SAMPLE_RATE).items():
         sc[f"dnsmos_{k}"].append(v)
     if corpus == "digits":
-        sc["digits"].append(float(recognise_digit(est, SAMPLE_RATE) == DIGIT_WORDS[digit_label(path)]))
+        digit, word = digit_label(path), recognise_digit(est, SAMPLE_RATE)
+        s.heard.append((digit, word))
+        sc["digits"].append(float(word == DIGIT_WORDS[digit]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from vqaudio.audio_io import read_audio
     from vqaudio.codec import load_codec
     from vqaudio.errors import VqaudioError
-    from vqaudio.listeners import check_available
+    from vqaudio.listeners import check_available, confusion_table
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Not enough STFT frames", category=RuntimeWarning)
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDigits: the {n_d} FSDD validation recordings of {args.speaker} "
           f"({seconds['digits']:.0f} s, 8 kHz)\n")
     print(table(systems, "digits", n_d))
+    print("\nDigits heard as said, per word (PocketSphinx, the ten digit words):\n")
+    print(confusion_table([(s.name, s.heard) for s in systems if s.heard and not s.error]))
     print()
     if opus_bits:
         total = seconds["sentences"] + seconds["digits"]

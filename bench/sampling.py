@@ -189,15 +189,16 @@ def listen(clips: list[np.ndarray], asked: list[int | None], sample_rate: int) -
     was asked) and the share recognised as any digit at all."""
     from vqaudio.listeners import DIGIT_WORDS, dnsmos, recognise_digit
 
-    ovrl, right, some = [], [], []
+    ovrl, right, some, heard = [], [], [], []
     for wav, digit in zip(clips, asked):
         ovrl.append(dnsmos(wav, sample_rate)["ovrl"])
         word = recognise_digit(wav, sample_rate)
         some.append(word is not None)
         if digit is not None:
             right.append(word == DIGIT_WORDS[digit])
+            heard.append((digit, word))
     return {"n": len(clips), "ovrl": float(np.mean(ovrl)), "asked": float(np.mean(right)) if right else math.nan,
-            "some": float(np.mean(some))}
+            "some": float(np.mean(some)), "heard": heard}
 
 
 def real_rows(codec, config, limit: int) -> dict[str, dict[str, float]]:
@@ -258,6 +259,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
     print("| prior | sampling | clips | recognised as the digit asked | recognised as some digit | DNSMOS OVRL |")
     print("|---|---|---:|---:|---:|---:|")
     seen_codecs = set()
+    heard = []  # (row name, [(asked, word heard)]) for the table per digit
     for model in models:
         vqvae_dir, prior_dir = resolve_run(model)
         codec = load_codec(vqvae_dir)
@@ -267,6 +269,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             seen_codecs.add(codec.config["model_id"])
             for row, r in real_rows(codec, config, real_files).items():
                 print(f"| {row} | | {r['n']} | {r['asked']:.0%} | {r['some']:.0%} | {r['ovrl']:.2f} |", flush=True)
+                heard.append((row, r["heard"]))
         for text in controls_list:
             t0 = time.perf_counter()
             controls = with_prior_defaults(parse_controls(text), config)
@@ -276,6 +279,13 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"
                   f" <!-- {time.perf_counter() - t0:.0f} s -->", flush=True)
+            if r["heard"]:
+                heard.append((f"{name}, {text}", r["heard"]))
+    if heard:
+        from vqaudio.listeners import confusion_table
+
+        print("\nHeard as the digit asked, per word:\n")
+        print(confusion_table(heard))
 
 
 if __name__ == "__main__":

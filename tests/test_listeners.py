@@ -78,6 +78,17 @@ def test_digit_label_comes_from_fsdd_file_names():
     assert listeners.digit_label("a_7_theo.wav") is None and listeners.digit_label("speech.wav") is None
 
 
+def test_digit_confusions_count_per_digit_and_the_wrong_hearings():
+    pairs = [(0, "zero"), (0, "two"), (0, "two"), (9, "five"), (9, None), (9, "nine"), (1, "one")]
+    per_digit, wrong = listeners.digit_confusions(pairs)
+    assert list(per_digit) == ["zero", "one", "nine"]  # digit order, only the digits asked
+    assert per_digit == {"zero": (1, 3), "one": (1, 1), "nine": (1, 3)}
+    assert wrong == [(("zero", "two"), 2), (("nine", "five"), 1), (("nine", "nothing"), 1)]
+    table = listeners.confusion_table([("codec", pairs)]).splitlines()
+    assert len(table) == 3 and table[0].count("|") == 13  # name, ten digits, the wrong hearings
+    assert table[2] == "| codec | 1/3 | 1/1 |  |  |  |  |  |  |  | 1/3 | zero→two 2, nine→five 1, nine→nothing 1 |"
+
+
 @pytest.fixture
 def no_eval_extra(monkeypatch):
     """speechmos and pocketsphinx look uninstalled: importing them raises ImportError."""

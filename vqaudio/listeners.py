@@ -13,6 +13,7 @@ Inputs are 1-D signals (numpy arrays or tensors) at any rate; both models want 1
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import re
@@ -142,6 +143,37 @@ def digit_label(path: str | Path) -> int | None:
     """The spoken digit in an FSDD-style file name (``7_theo_3.wav`` -> 7), else None."""
     match = re.search(DIGIT_LABEL_REGEX, Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def digit_confusions(pairs) -> tuple[dict[str, tuple[int, int]], list[tuple[tuple[str, str], int]]]:
+    """Recognition per digit from (asked digit, word heard or None) pairs: {word: (heard as
+    asked, clips)} for every digit asked, and the wrong hearings, (asked word, heard word or
+    "nothing"), most frequent first. A mean hides which words a codec or prior loses."""
+    per_digit: dict[str, list[int]] = {}
+    wrong: collections.Counter = collections.Counter()
+    for digit, heard in pairs:
+        asked = DIGIT_WORDS[digit]
+        counts = per_digit.setdefault(asked, [0, 0])
+        counts[1] += 1
+        if heard == asked:
+            counts[0] += 1
+        else:
+            wrong[(asked, heard or "nothing")] += 1
+    ordered = {w: tuple(per_digit[w]) for w in DIGIT_WORDS if w in per_digit}
+    return ordered, wrong.most_common()
+
+
+def confusion_table(rows: list[tuple[str, list]]) -> str:
+    """Markdown table of ``digit_confusions`` for named lists of (asked, heard) pairs: clips
+    heard as said per digit word, and the most frequent wrong hearings."""
+    lines = ["| clips | " + " | ".join(DIGIT_WORDS) + " | most often heard instead |",
+             "|---|" + "---:|" * len(DIGIT_WORDS) + "---|"]
+    for name, pairs in rows:
+        per_digit, wrong = digit_confusions(pairs)
+        cells = [f"{per_digit[w][0]}/{per_digit[w][1]}" if w in per_digit else "" for w in DIGIT_WORDS]
+        instead = ", ".join(f"{asked}→{heard} {n}" for (asked, heard), n in wrong[:4])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {instead} |")
+    return "\n".join(lines)
 
 
 def listener_report(est, sample_rate: int, path: str | Path | None = None,
