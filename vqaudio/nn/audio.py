@@ -167,13 +167,15 @@ class FourierDecoder(nn.Module):
         self.head = nn.Linear(dim, 2 * self.bins)
         self.istft = ISTFT(n_fft, hop)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def spectrum(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(magnitude, phase), each (B, bins, F): what the inverse STFT turns into the waveform."""
         x = self.norm(self.embed(z).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
         out = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)  # (B, 2 * bins, F)
         log_mag, phase = out.float().split(self.bins, dim=1)
         # exp keeps magnitudes positive; the clamp keeps an early step from overflowing.
-        mag = log_mag.clamp(max=6.0).exp()
-        spec = torch.polar(mag, phase)
-        return self.istft(spec).unsqueeze(1)
+        return log_mag.clamp(max=6.0).exp(), phase
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.istft(torch.polar(*self.spectrum(z))).unsqueeze(1)
