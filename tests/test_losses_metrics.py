@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vqaudio import metrics
-from vqaudio.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, ReconstructionLoss
+from vqaudio.losses import CepstralLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, ReconstructionLoss
 
 SR = 8000
 
@@ -38,8 +38,9 @@ def speechlike(sr: int, seconds: float = 1.0) -> np.ndarray:
 LOSSES = {
     "stft": lambda: MultiResolutionSTFTLoss(),
     "mel": lambda: MultiScaleMelLoss(SR),
+    "mfcc": lambda: CepstralLoss(SR),
     "total": lambda: (lambda crit: lambda a, b: crit(a, b)[0])(
-        ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0})),
+        ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0, "mfcc": 1.0})),
 }
 
 
@@ -86,8 +87,18 @@ def test_spectral_convergence_by_hand():
     torch.testing.assert_close(value, torch.tensor(1 + math.log(2)), atol=1e-3, rtol=0)
 
 
+def test_cepstral_loss_by_hand():
+    # x_hat = 2x: every log mel band of loud noise moves by log 2, a constant, which the
+    # orthonormal DCT puts into c0 alone: sqrt(40) * log 2; the other 12 cepstra stay.
+    x = 0.5 * noise_like(torch.zeros(1, 1, 4000))
+    value = CepstralLoss(SR, n_fft=256, n_mels=40, n_ceps=13)(2 * x, x)
+    torch.testing.assert_close(value, torch.tensor(math.sqrt(40) * math.log(2) / 13), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="n_ceps must be between 1 and n_mels"):
+        CepstralLoss(SR, n_mels=10, n_ceps=13)
+
+
 def test_losses_compute_in_float32_and_keep_no_state():
-    crit = ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0})
+    crit = ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0, "mfcc": 1.0})
     x = sines()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, terms = crit(x.bfloat16(), x)
@@ -123,7 +134,7 @@ def test_shared_spectra_equal_separate_losses():
 
 
 def test_reconstruction_rejects_bad_weights():
-    with pytest.raises(ValueError, match="spectral.*valid names: l1, stft, mel"):
+    with pytest.raises(ValueError, match="spectral.*valid names: l1, stft, mel, mfcc"):
         ReconstructionLoss(SR, {"l1": 1.0, "spectral": 1.0})
     with pytest.raises(ValueError, match="every loss weight is 0"):
         ReconstructionLoss(SR, {"l1": 0.0})

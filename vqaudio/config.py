@@ -79,10 +79,14 @@ class LossConfig:
     l1: float = 20.0
     stft: float = 1.0
     mel: float = 1.0
+    mfcc: float = 0.0  # L1 of 13 mel-frequency cepstra (256-point FFT, 40 bands): the recogniser's view
     quantizer: float = 1.0  # weight of the quantizer's commitment (+ codebook) loss
     adversarial: float = 0.0  # hinge loss of a multi-scale STFT discriminator (0 = no discriminator)
     feature_matching: float = 0.0  # L1 between its features of real and decoded audio
     discriminator_channels: int = 32  # width of each STFT discriminator
+    # The STFT and mel terms' resolutions (hop = n_fft / 4), one mel-band count per FFT size.
+    fft_sizes: list[int] = field(default_factory=lambda: [128, 256, 512])
+    n_mels: list[int] = field(default_factory=lambda: [16, 32, 64])
 
 
 @dataclass
@@ -403,7 +407,7 @@ def validate(r: Recipe | ImageRecipe) -> None:
     }, non_negative={
         "model.res_blocks": r.model.res_blocks, "model.n_fft": r.model.n_fft, "prior.pad_seconds": r.prior.pad_seconds,
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,
-        "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.quantizer": r.loss.quantizer,
+        "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.mfcc": r.loss.mfcc, "loss.quantizer": r.loss.quantizer,
         "loss.adversarial": r.loss.adversarial, "loss.feature_matching": r.loss.feature_matching,
     })
     if r.model.decoder not in DECODERS:
@@ -413,6 +417,17 @@ def validate(r: Recipe | ImageRecipe) -> None:
         if n_fft < 2 * r.model.hop or (n_fft - r.model.hop) % 2:
             raise bad("model.n_fft", f"must be at least 2 x model.hop ({2 * r.model.hop}) and differ "
                       f"from the hop by an even number, got {n_fft}")
+    if (not r.loss.fft_sizes or len(r.loss.fft_sizes) != len(r.loss.n_mels)
+            or any(n < 8 for n in r.loss.fft_sizes) or any(m < 1 for m in r.loss.n_mels)):
+        raise bad("loss.n_mels", f"must give one mel count >= 1 per FFT size >= 8 in loss.fft_sizes, "
+                  f"got fft_sizes {r.loss.fft_sizes} and n_mels {r.loss.n_mels}")
+    if (r.loss.fft_sizes, r.loss.n_mels) != (LossConfig().fft_sizes, LossConfig().n_mels):
+        from .losses import mel_filterbank  # imports torchaudio: only for settings not known good
+        for n_fft, n_mels in zip(r.loss.fft_sizes, r.loss.n_mels):
+            try:
+                mel_filterbank(n_fft, n_mels, r.data.sample_rate)
+            except ValueError as e:
+                raise bad("loss.n_mels", f"is too many for one FFT size: {e}") from None
     if r.loss.feature_matching and not r.loss.adversarial:
         raise bad("loss.feature_matching", "needs a discriminator: set loss.adversarial > 0 too")
     if not r.model.strides or any(s < 2 for s in r.model.strides):

@@ -1,5 +1,5 @@
 """Reconstruction losses for waveforms ``(B, 1, T)``: L1, multi-resolution STFT and multi-scale
-mel, named and weighted by a dict (as in DAC, arXiv:2306.06546 §3.4).
+mel (as in DAC, arXiv:2306.06546 §3.4) and mel-cepstral, named and weighted by a dict.
 
 Every loss runs in float32 with autocast off: log magnitudes of half-precision spectra lose
 the quiet bins that the log is there to weigh. Windows and mel filterbanks are non-persistent
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-TERMS = ("l1", "stft", "mel")
+TERMS = ("l1", "stft", "mel", "mfcc")
 LOG_FLOOR = 1e-5  # magnitudes are clamped here before the log: silence costs a bounded amount
 
 
@@ -157,8 +157,35 @@ class MultiScaleMelLoss(_Spectral):
         return total / len(s)
 
 
+class CepstralLoss(_Spectral):
+    """L1 distance between mel-frequency cepstra (MFCCs): what a speech recogniser's front end
+    keeps of the spectrum (the smooth envelope that tells the phones apart), not its harmonics.
+
+    One resolution, ``n_fft`` with hop n_fft / 4; ``n_mels`` HTK-mel filters over 0 ..
+    sample_rate / 2, log, orthonormal DCT-II, the first ``n_ceps`` coefficients (c0, the
+    log energy, included). 13 cepstra of 40 bands in 32-ms windows at 8 kHz (n_fft 256) are
+    the classic front end (Davis & Mermelstein 1980; PocketSphinx's en-us model uses them).
+    forward(x_hat, x): two (B, 1, T) waveforms -> () scalar, 0 for identical inputs.
+    """
+
+    def __init__(self, sample_rate: int, n_fft: int = 256, n_mels: int = 40, n_ceps: int = 13):
+        super().__init__()
+        if not 1 <= n_ceps <= n_mels:
+            raise ValueError(f"n_ceps must be between 1 and n_mels ({n_mels}), got {n_ceps}")
+        self.specs = nn.ModuleList([_Magnitude(n_fft, max(1, n_fft // 4))])
+        self.register_buffer("fbank", mel_filterbank(n_fft, n_mels, sample_rate), persistent=False)
+        self.register_buffer("dct", torchaudio.functional.create_dct(n_ceps, n_mels, "ortho"),
+                             persistent=False)  # (n_mels, n_ceps)
+
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor], across_ranks: bool = False) -> Tensor:
+        (a_hat,), (a,) = s_hat, s  # (N, F, frames)
+        c_hat = (a_hat.transpose(1, 2) @ self.fbank).clamp_min(LOG_FLOOR).log() @ self.dct
+        c = (a.transpose(1, 2) @ self.fbank).clamp_min(LOG_FLOOR).log() @ self.dct
+        return F.l1_loss(c_hat, c)  # a mean over elements, like the mel term
+
+
 class ReconstructionLoss(nn.Module):
-    """Weighted sum of named reconstruction terms: ``l1`` (waveform), ``stft``, ``mel``.
+    """Weighted sum of named reconstruction terms: ``l1`` (waveform), ``stft``, ``mel``, ``mfcc``.
 
     ``weights`` maps term names to weights; names left out weigh 0, and terms of weight 0 are
     neither built nor computed. forward(x_hat, x) on (B, 1, T) waveforms returns
@@ -182,6 +209,7 @@ class ReconstructionLoss(nn.Module):
         self.stft = MultiResolutionSTFTLoss(fft_sizes) if "stft" in self.weights else None
         self.mel = (MultiScaleMelLoss(sample_rate, fft_sizes, n_mels)
                     if "mel" in self.weights else None)
+        self.mfcc = CepstralLoss(sample_rate) if "mfcc" in self.weights else None
 
     def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """``across_ranks``: called by every rank on its share of a global batch (training under
@@ -203,6 +231,8 @@ class ReconstructionLoss(nn.Module):
                     terms["stft"] = self.stft(x_hat, x, across_ranks)
                 if self.mel is not None:
                     terms["mel"] = self.mel(x_hat, x)
+            if self.mfcc is not None:
+                terms["mfcc"] = self.mfcc(x_hat, x)
             total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
 
