@@ -123,10 +123,11 @@ def test_reconstruction_weights():
 def test_shared_spectra_equal_separate_losses():
     x = sines()
     x_hat = x + 0.1 * noise_like(x)
-    total, terms = ReconstructionLoss(SR, {"stft": 1.0, "mel": 3.0})(x_hat, x)
+    total, terms = ReconstructionLoss(SR, {"stft": 1.0, "mel": 3.0, "mfcc": 2.0})(x_hat, x)
     torch.testing.assert_close(terms["stft"], MultiResolutionSTFTLoss()(x_hat, x))
     torch.testing.assert_close(terms["mel"], MultiScaleMelLoss(SR)(x_hat, x))
-    torch.testing.assert_close(total, terms["stft"] + 3.0 * terms["mel"])
+    torch.testing.assert_close(terms["mfcc"], CepstralLoss(SR)(x_hat, x))  # shares the 256-point STFT
+    torch.testing.assert_close(total, terms["stft"] + 3.0 * terms["mel"] + 2.0 * terms["mfcc"])
     # Different resolutions take the unshared path and must agree with the separate losses too.
     sizes = ReconstructionLoss(SR, {"stft": 1.0, "mel": 1.0}, fft_sizes=(256,), n_mels=(32,))
     _, terms = sizes(x_hat, x)

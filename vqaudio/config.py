@@ -421,7 +421,8 @@ def validate(r: Recipe | ImageRecipe) -> None:
             or any(n < 8 for n in r.loss.fft_sizes) or any(m < 1 for m in r.loss.n_mels)):
         raise bad("loss.n_mels", f"must give one mel count >= 1 per FFT size >= 8 in loss.fft_sizes, "
                   f"got fft_sizes {r.loss.fft_sizes} and n_mels {r.loss.n_mels}")
-    if (r.loss.fft_sizes, r.loss.n_mels) != (LossConfig().fft_sizes, LossConfig().n_mels):
+    known_good = LossConfig()
+    if (r.loss.fft_sizes, r.loss.n_mels) != (known_good.fft_sizes, known_good.n_mels):
         from .losses import mel_filterbank  # imports torchaudio: only for settings not known good
         for n_fft, n_mels in zip(r.loss.fft_sizes, r.loss.n_mels):
             try:

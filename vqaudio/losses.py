@@ -80,8 +80,8 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> Tensor:
 
 class _Spectral(nn.Module):
     """Holds one ``_Magnitude`` per resolution; forward = ``from_magnitudes`` on both inputs.
-    ReconstructionLoss hands the same magnitudes to the STFT and mel terms when their
-    resolutions match, so each waveform is transformed once per step."""
+    ReconstructionLoss hands the same magnitudes to every term at a resolution they share,
+    so each waveform is transformed once per resolution and step."""
 
     specs: nn.ModuleList
 
@@ -94,7 +94,7 @@ class _Spectral(nn.Module):
         x = _frames(x)
         return [spec(x) for spec in self.specs]
 
-    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor]) -> Tensor:
+    def from_magnitudes(self, s_hat: list[Tensor], s: list[Tensor], across_ranks: bool = False) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> Tensor:
@@ -220,19 +220,20 @@ class ReconstructionLoss(nn.Module):
             terms: dict[str, Tensor] = {}
             if "l1" in self.weights:
                 terms["l1"] = F.l1_loss(x_hat.float(), x.float())
-            shared = (self.stft is not None and self.mel is not None
-                      and self.stft.resolutions == self.mel.resolutions)
-            if shared:  # the default: one STFT of each waveform serves both terms
-                s_hat, s = self.stft.magnitudes(x_hat), self.stft.magnitudes(x)
-                terms["stft"] = self.stft.from_magnitudes(s_hat, s, across_ranks)
-                terms["mel"] = self.mel.from_magnitudes(s_hat, s)
-            else:
-                if self.stft is not None:
-                    terms["stft"] = self.stft(x_hat, x, across_ranks)
-                if self.mel is not None:
-                    terms["mel"] = self.mel(x_hat, x)
-            if self.mfcc is not None:
-                terms["mfcc"] = self.mfcc(x_hat, x)
+            # Every spectral term reads magnitudes at its resolutions; a resolution two terms
+            # share (by default stft and mel all three, mfcc the 256-point one) is transformed
+            # once per waveform.
+            frames = (_frames(x_hat), _frames(x))
+            spectra: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+            for name in ("stft", "mel", "mfcc"):
+                term = getattr(self, name)
+                if term is None:
+                    continue
+                for spec in term.specs:
+                    if (spec.n_fft, spec.hop) not in spectra:
+                        spectra[spec.n_fft, spec.hop] = (spec(frames[0]), spec(frames[1]))
+                s_hat, s = zip(*(spectra[r] for r in term.resolutions))
+                terms[name] = term.from_magnitudes(list(s_hat), list(s), across_ranks)
             total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
 
