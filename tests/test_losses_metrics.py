@@ -128,7 +128,7 @@ def test_shared_spectra_equal_separate_losses():
     torch.testing.assert_close(terms["mel"], MultiScaleMelLoss(SR)(x_hat, x))
     torch.testing.assert_close(terms["mfcc"], CepstralLoss(SR)(x_hat, x))  # shares the 256-point STFT
     torch.testing.assert_close(total, terms["stft"] + 3.0 * terms["mel"] + 2.0 * terms["mfcc"])
-    # Different resolutions take the unshared path and must agree with the separate losses too.
+    # Non-default resolutions (the recipe's fft_sizes, n_mels) must agree with the separate losses too.
     sizes = ReconstructionLoss(SR, {"stft": 1.0, "mel": 1.0}, fft_sizes=(256,), n_mels=(32,))
     _, terms = sizes(x_hat, x)
     torch.testing.assert_close(terms["mel"], MultiScaleMelLoss(SR, (256,), (32,))(x_hat, x))
