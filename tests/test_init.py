@@ -66,6 +66,32 @@ def test_a_prior_that_does_not_fit_trains_from_scratch(base, tmp_path, capsys):
             "(") in err and "has shape" in err
 
 
+def test_an_unlabelled_prior_starts_a_labelled_one_with_zero_label_embeddings(base, tmp_path, capsys):
+    """An unconditional prior (such as the entropy prior, trained on many more codes) starts the
+    digit prior: every other weight comes from it, the label embeddings start at zero, so the
+    new prior begins with its predictions for every label."""
+    from vqaudio.build import audio_prior_config, build_audio_prior
+    from vqaudio.checkpoint import read_config, save_model_dir
+
+    unlabelled_recipe = load_recipe(SMOKE, ["prior.conditional=false", "prior.label_dropout=0"])
+    torch.manual_seed(5)  # weights far from what the labelled recipe's own seed would draw
+    unlabelled = build_audio_prior(unlabelled_recipe, 0)
+    start = tmp_path / "start"
+    shutil.copytree(base / "vqvae", start / "vqvae")
+    save_model_dir(start / "prior", unlabelled, audio_prior_config(unlabelled_recipe, read_config(base / "vqvae"), []))
+
+    train_recipe(load_recipe(SMOKE, STILL), tmp_path / "ft", init=start)
+    assert (f"prior: starting from the weights of {start / 'prior'}, an unlabelled prior; the label "
+            "embeddings start at zero") in capsys.readouterr().err
+    before, after = unlabelled.state_dict(), weights(tmp_path / "ft", "prior")
+    added = sorted(set(after) - set(before))
+    assert added and all(k.endswith(".label.weight") for k in added)
+    for k in added:  # one step at lr 1e-9 moves a weight by ~1e-9
+        torch.testing.assert_close(after[k], torch.zeros_like(after[k]), atol=1e-6, rtol=0, msg=k)
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], atol=1e-6, rtol=0, msg=k)
+
+
 def test_a_misfit_vqvae_is_one_error_line_naming_the_tensor_and_writes_nothing(base, tmp_path):
     out = tmp_path / "ft"
     p = vqaudio("train", SMOKE, "--out", out, "--init", base, "--set", "model.latent_dim=8", check=False)

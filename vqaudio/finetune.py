@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from vqaudio.checkpoint import CONFIG, codes_id, load_state, read_config
@@ -76,16 +77,34 @@ def first_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str | None:
     return f"{extra} is there but not in this recipe's model" if extra else None
 
 
+def only_labels_added(model: nn.Module, state: dict[str, Tensor]) -> bool:
+    """Whether ``state`` is ``model`` without its label embeddings (``….label.weight``, one per
+    WaveNet layer): every other tensor there, with the same shape, and nothing else."""
+    own = model.state_dict()
+    missing = [name for name in own if name not in state]
+    return (bool(missing) and all(name.endswith(".label.weight") for name in missing)
+            and all(name in own and own[name].shape == t.shape for name, t in state.items()))
+
+
 def load_init(stage, init: InitModels) -> None:
     """Load the ``--init`` weights of ``stage`` (its ``name`` is "vqvae" or "prior") into
-    ``stage.model``. A VQ-VAE that does not fit the recipe is an error; a prior that does not
-    fit (other levels, codebook size, labels or shape) is left to train from scratch. Says which
-    in one line."""
+    ``stage.model``. A VQ-VAE that does not fit the recipe is an error; an unlabelled prior
+    starts a labelled one of its shape; a prior that does not fit (other levels, codebook size,
+    labels or shape) is left to train from scratch. Says which in one line."""
     folder = init.vqvae if stage.name == "vqvae" else init.prior
     if folder is None:
         say(f"{stage.name}: training from scratch: --init {init.given} has no {stage.name}")
         return
     state = load_state(folder)
+    if stage.name == "prior" and only_labels_added(stage.model, state):
+        # An unlabelled prior (e.g. the entropy prior, trained on far more codes) starts a
+        # labelled one: zero label embeddings add nothing, so training begins from its exact
+        # predictions and learns only what the labels change.
+        zeros = {k: torch.zeros_like(v) for k, v in stage.model.state_dict().items() if k not in state}
+        stage.model.load_state_dict({**state, **zeros}, strict=True)
+        say(f"prior: starting from the weights of {folder}, an unlabelled prior; the label embeddings "
+            "start at zero (optimizer and schedule start afresh)")
+        return
     why = first_mismatch(stage.model, state)
     if stage.name == "prior" and why is None:
         theirs = read_config(folder).get("labels", [])
