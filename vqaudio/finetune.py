@@ -77,13 +77,15 @@ def first_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str | None:
     return f"{extra} is there but not in this recipe's model" if extra else None
 
 
-def only_labels_added(model: nn.Module, state: dict[str, Tensor]) -> bool:
-    """Whether ``state`` is ``model`` without its label embeddings (``….label.weight``, one per
-    WaveNet layer): every other tensor there, with the same shape, and nothing else."""
+def added_label_embeddings(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Zeros for ``model``'s label embeddings (``….label.weight``, one per WaveNet layer) when
+    ``state`` is ``model`` without them: every other tensor there, same shape, nothing else.
+    Empty otherwise."""
     own = model.state_dict()
-    missing = [name for name in own if name not in state]
-    return (bool(missing) and all(name.endswith(".label.weight") for name in missing)
+    missing = {name: torch.zeros_like(t) for name, t in own.items() if name not in state}
+    fits = (all(name.endswith(".label.weight") for name in missing)
             and all(name in own and own[name].shape == t.shape for name, t in state.items()))
+    return missing if fits else {}
 
 
 def load_init(stage, init: InitModels) -> None:
@@ -96,11 +98,11 @@ def load_init(stage, init: InitModels) -> None:
         say(f"{stage.name}: training from scratch: --init {init.given} has no {stage.name}")
         return
     state = load_state(folder)
-    if stage.name == "prior" and only_labels_added(stage.model, state):
+    zeros = added_label_embeddings(stage.model, state) if stage.name == "prior" else {}
+    if zeros:
         # An unlabelled prior (e.g. the entropy prior, trained on far more codes) starts a
         # labelled one: zero label embeddings add nothing, so training begins from its exact
         # predictions and learns only what the labels change.
-        zeros = {k: torch.zeros_like(v) for k, v in stage.model.state_dict().items() if k not in state}
         stage.model.load_state_dict({**state, **zeros}, strict=True)
         say(f"prior: starting from the weights of {folder}, an unlabelled prior; the label embeddings "
             "start at zero (optimizer and schedule start afresh)")
