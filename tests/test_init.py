@@ -169,3 +169,32 @@ def test_decoder_only_needs_trained_weights_to_keep(tmp_path):
     with pytest.raises(VqaudioError, match="unknown key 'prior_train.decoder_only'"):
         load_recipe(SMOKE, ["prior_train.decoder_only=true"])
     assert not hasattr(load_recipe(SMOKE, ["prior_train.decoder_only=false"]).prior_train, "decoder_only")
+
+
+def test_a_deeper_decoder_starts_from_a_shallower_one_with_the_same_output(tmp_path, capsys):
+    """A recipe with more Fourier-decoder blocks than the init model: every tensor of the model
+    is loaded, the added blocks start as identities (residual scale 0), so the grown codec's
+    first output is the init model's, sample for sample; the codes stay the init model's."""
+    from vqaudio.codec import load_codec
+
+    fourier = ["model.decoder=fourier", "model.decoder_dim=16", "model.decoder_layers=2"]
+    shallow = tmp_path / "shallow"
+    train_recipe(load_recipe(SMOKE, [*fourier, "train.steps=3", "train.seed=1"]), shallow, stage="vqvae")
+    grown = tmp_path / "grown"
+    sets = [*fourier[:2], "model.decoder_layers=4", "train.decoder_only=true", *STILL[:5]]
+    train_recipe(load_recipe(SMOKE, sets), grown, stage="vqvae", init=shallow / "vqvae")
+    assert (f"vqvae: the decoder's blocks 2-3 are new and start as identities (residual scale 0); "
+            f"the rest comes from {shallow / 'vqvae'}") in capsys.readouterr().err
+    before, after = weights(shallow, "vqvae"), weights(grown, "vqvae")
+    added = sorted(set(after) - set(before))
+    assert {k.split(".")[2] for k in added} == {"2", "3"} and all(k.startswith("decoder.blocks.") for k in added)
+    for k in (k for k in added if k.endswith(".gamma")):  # one step at lr 1e-9
+        torch.testing.assert_close(after[k], torch.zeros_like(after[k]), atol=1e-6, rtol=0, msg=k)
+    wav = torch.randn(4000, generator=torch.Generator().manual_seed(0)).numpy() * 0.3
+    a, b = load_codec(shallow / "vqvae"), load_codec(grown / "vqvae")
+    assert (a.encode(wav, 2) == b.encode(wav, 2)).all()
+    torch.testing.assert_close(torch.from_numpy(b.resynth(wav, 2)), torch.from_numpy(a.resynth(wav, 2)), atol=1e-5, rtol=0)
+    # A shallower decoder than the init model's is still a misfit, named.
+    with pytest.raises(VqaudioError, match=r"decoder\.blocks\.[23]\.[a-z.]+ is there but not in this recipe's model"):
+        train_recipe(load_recipe(SMOKE, [*fourier[:2], "model.decoder_layers=2"]), tmp_path / "less",
+                     stage="vqvae", init=grown / "vqvae")

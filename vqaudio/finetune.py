@@ -6,6 +6,7 @@ the loaded codebook."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,24 @@ def added_label_embeddings(model: nn.Module, state: dict[str, Tensor]) -> dict[s
     return missing if fits else {}
 
 
+def added_decoder_blocks(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``model``'s ConvNeXt decoder blocks past the last one in ``state``, each an identity
+    (its own initial weights, its residual scale ``gamma`` at zero), when ``state`` is ``model``
+    with fewer decoder blocks: every other tensor there, same shape, nothing else. Empty
+    otherwise."""
+    own = model.state_dict()
+    missing = [name for name in own if name not in state]
+    block = re.compile(r"^decoder\.blocks\.(\d+)\.")
+    have = {int(m.group(1)) for name in state if (m := block.match(name))}
+    fits = (missing and have
+            and all((m := block.match(name)) and int(m.group(1)) > max(have) for name in missing)
+            and all(name in own and own[name].shape == t.shape for name, t in state.items()))
+    if not fits:
+        return {}
+    return {name: torch.zeros_like(own[name]) if name.endswith(".gamma") else own[name].clone()
+            for name in missing}
+
+
 def load_init(stage, init: InitModels) -> None:
     """Load the ``--init`` weights of ``stage`` (its ``name`` is "vqvae" or "prior") into
     ``stage.model``. A VQ-VAE that does not fit the recipe is an error; an unlabelled prior
@@ -99,6 +118,7 @@ def load_init(stage, init: InitModels) -> None:
         return
     state = load_state(folder)
     zeros = added_label_embeddings(stage.model, state) if stage.name == "prior" else {}
+    grown = added_decoder_blocks(stage.model, state) if stage.name == "vqvae" else {}
     if zeros:
         # An unlabelled prior (e.g. the entropy prior, trained on far more codes) starts a
         # labelled one: zero label embeddings add nothing, so training begins from its exact
@@ -107,6 +127,13 @@ def load_init(stage, init: InitModels) -> None:
         say(f"prior: starting from the weights of {folder}, an unlabelled prior; the label embeddings "
             "start at zero (optimizer and schedule start afresh)")
         return
+    if grown:
+        # A deeper decoder from a shallower one: the blocks added after the last start as
+        # identities (residual scale 0), so training begins from the init model's exact output.
+        state = {**state, **grown}
+        added = sorted({int(name.split(".")[2]) for name in grown})
+        say(f"vqvae: the decoder's blocks {added[0]}-{added[-1]} are new and start as identities "
+            f"(residual scale 0); the rest comes from {folder}")
     why = first_mismatch(stage.model, state)
     if stage.name == "prior" and why is None:
         theirs = read_config(folder).get("labels", [])
