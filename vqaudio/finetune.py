@@ -78,33 +78,41 @@ def first_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str | None:
     return f"{extra} is there but not in this recipe's model" if extra else None
 
 
+def added_tensors(model: nn.Module, state: dict[str, Tensor], may_add) -> list[str]:
+    """The names of ``model``'s tensors missing from ``state`` when ``state`` is ``model`` without
+    them (every tensor there is ``model``'s, same shape) and ``may_add(name)`` allows each one;
+    empty otherwise."""
+    own = model.state_dict()
+    missing = [name for name in own if name not in state]
+    fits = (all(may_add(name) for name in missing)
+            and all(name in own and own[name].shape == t.shape for name, t in state.items()))
+    return missing if fits else []
+
+
 def added_label_embeddings(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Zeros for ``model``'s label embeddings (``….label.weight``, one per WaveNet layer) when
-    ``state`` is ``model`` without them: every other tensor there, same shape, nothing else.
-    Empty otherwise."""
+    ``state`` is ``model`` without them. Empty otherwise."""
     own = model.state_dict()
-    missing = {name: torch.zeros_like(t) for name, t in own.items() if name not in state}
-    fits = (all(name.endswith(".label.weight") for name in missing)
-            and all(name in own and own[name].shape == t.shape for name, t in state.items()))
-    return missing if fits else {}
+    return {name: torch.zeros_like(own[name])
+            for name in added_tensors(model, state, lambda name: name.endswith(".label.weight"))}
 
 
 def added_decoder_blocks(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """``model``'s ConvNeXt decoder blocks past the last one in ``state``, each an identity
     (its own initial weights, its residual scale ``gamma`` at zero), when ``state`` is ``model``
-    with fewer decoder blocks: every other tensor there, same shape, nothing else. Empty
-    otherwise."""
-    own = model.state_dict()
-    missing = [name for name in own if name not in state]
+    with fewer decoder blocks. Empty otherwise."""
     block = re.compile(r"^decoder\.blocks\.(\d+)\.")
-    have = {int(m.group(1)) for name in state if (m := block.match(name))}
-    fits = (missing and have
-            and all((m := block.match(name)) and int(m.group(1)) > max(have) for name in missing)
-            and all(name in own and own[name].shape == t.shape for name, t in state.items()))
-    if not fits:
+    have = [int(m.group(1)) for name in state if (m := block.match(name))]
+    if not have:
         return {}
+    last = max(have)
+
+    def later(name: str) -> bool:
+        return bool(m := block.match(name)) and int(m.group(1)) > last
+
+    own = model.state_dict()
     return {name: torch.zeros_like(own[name]) if name.endswith(".gamma") else own[name].clone()
-            for name in missing}
+            for name in added_tensors(model, state, later)}
 
 
 def load_init(stage, init: InitModels) -> None:
