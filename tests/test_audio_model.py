@@ -92,3 +92,69 @@ def test_model_directory_errors(tmp_path):
     (tmp_path / "o" / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(VqaudioError, match="not a valid safetensors"):
         load_audio_vqvae(tmp_path / "o")
+
+
+# -- the Fourier decoder's postfilter (nn.audio.sharpen_spectrum) ------------------------------
+
+def formant_spectrum(frames: int = 3) -> torch.Tensor:
+    """(1, 129, frames): one broad formant at bin 40 over a falling tilt, with harmonics every 6 bins."""
+    bins = torch.arange(129.0)
+    log_mag = -0.02 * bins + 2.0 * torch.exp(-((bins - 40) / 8) ** 2) + 0.5 * torch.cos(2 * torch.pi * bins / 6)
+    return log_mag.exp()[None, :, None].repeat(1, 1, frames)
+
+
+def test_postfilter_off_is_the_identity_and_flat_spectra_pass_unchanged():
+    from vqaudio.nn.audio import sharpen_spectrum
+
+    mag = formant_spectrum()
+    assert sharpen_spectrum(mag, 0.0, 0.0) is mag
+    flat = torch.full((2, 129, 4), 0.3)  # no envelope and no fine structure to sharpen
+    assert_close(sharpen_spectrum(flat, 0.5, 0.5), flat)
+
+
+@pytest.mark.parametrize("formant, harmonic", [(0.3, 0.0), (0.0, 0.3), (0.15, 0.2)])
+def test_postfilter_deepens_valleys_and_keeps_each_frames_energy(formant, harmonic):
+    from vqaudio.nn.audio import sharpen_spectrum
+
+    mag = formant_spectrum() * torch.tensor([1.0, 0.1, 3.0])  # three frames of different loudness
+    out = sharpen_spectrum(mag, formant, harmonic)
+    assert_close(out.square().sum(1), mag.square().sum(1))
+    assert int(out[0, 30:50, 0].argmax()) == int(mag[0, 30:50, 0].argmax())  # the formant stays put
+    if formant:  # the formant peak rises above the band around it (bins 70-100, away from the edges)
+        assert (out[0, 40] / out[0, 70:100].mean(0) > 1.1 * mag[0, 40] / mag[0, 70:100].mean(0)).all()
+    if harmonic:  # each harmonic rises above its neighbouring valley
+        assert (out[0, 84] / out[0, 87] > 1.1 * mag[0, 84] / mag[0, 87]).all()
+
+
+def test_fourier_decoder_applies_the_postfilter_at_inference_only():
+    r = tiny_recipe()
+    r.model.decoder, r.model.decoder_dim, r.model.decoder_layers = "fourier", 16, 1
+    torch.manual_seed(0)
+    plain = build_audio_vqvae(r)
+    r.model.postfilter, r.model.postfilter_harmonic = 0.5, 0.2
+    filtered = build_audio_vqvae(r)
+    filtered.load_state_dict(plain.state_dict())  # the postfilter adds no weights
+    z = torch.randn(1, 16, 6)
+    with torch.no_grad():
+        assert torch.equal(plain.decoder.train()(z), filtered.decoder.train()(z))  # training fits the plain spectrum
+        mag, phase = plain.decoder.eval().spectrum(z)
+        mag_f, phase_f = filtered.decoder.eval().spectrum(z)
+    assert torch.equal(phase, phase_f) and not torch.equal(mag, mag_f)
+    assert_close(mag_f.square().sum(1), mag.square().sum(1))
+
+
+def test_postfilter_max_levels_leaves_finer_codes_alone():
+    r = tiny_recipe(levels=3)
+    r.model.decoder, r.model.decoder_dim, r.model.decoder_layers = "fourier", 16, 1
+    torch.manual_seed(0)
+    plain = build_audio_vqvae(r).eval()
+    r.model.postfilter, r.model.postfilter_max_levels = 0.5, 2
+    filtered = build_audio_vqvae(r).eval()
+    filtered.load_state_dict(plain.state_dict())
+    codes = torch.randint(0, 32, (1, 6, 3))
+    x = torch.randn(1, 1, 640)
+    with torch.no_grad():
+        for levels in (1, 2, 3):  # decode and the forward pass agree on the level count
+            same = torch.equal(plain.decode(codes[..., :levels]), filtered.decode(codes[..., :levels]))
+            assert same == (levels > 2), levels
+            assert torch.equal(plain(x, levels).x_hat, filtered(x, levels).x_hat) == (levels > 2), levels

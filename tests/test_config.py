@@ -62,6 +62,8 @@ def write(tmp_path, text):
     ("[model]\ndecoder = 'fourier'\nn_fft = 96\n", "'model.n_fft' must be at least 2 x model.hop (128)"),
     ("[model]\ndecoder = 'fourier'\nn_fft = 129\n", "differ from the hop by an even number, got 129"),
     ("[model]\ndecoder_layers = 0\n", "'model.decoder_layers' must be positive"),
+    ("[model]\npostfilter = 0.2\n", "'model.postfilter' filters the spectrum of the 'fourier' decoder"),
+    ("[model]\ndecoder = 'fourier'\npostfilter_harmonic = -0.1\n", "'model.postfilter_harmonic' must not be negative"),
     ("[prior]\nframe_stack = 0\n", "'prior.frame_stack' must be positive"),
     ("[prior]\ntemperature = -0.5\n", "'prior.temperature' must be 0 or more"),
     ("[loss]\nfeature_matching = 2.0\n", "'loss.feature_matching' needs a discriminator"),

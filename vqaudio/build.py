@@ -34,7 +34,8 @@ def build_audio_vqvae(recipe: Recipe) -> VQVAE:
     args = dict(channels=m.channels, strides=m.strides, latent_dim=m.latent_dim,
                 res_blocks=m.res_blocks, max_channels=m.max_channels)
     if m.decoder == "fourier":
-        decoder = FourierDecoder(m.latent_dim, m.hop, m.decoder_dim, m.decoder_layers, m.n_fft)
+        decoder = FourierDecoder(m.latent_dim, m.hop, m.decoder_dim, m.decoder_layers, m.n_fft,
+                                 m.postfilter, m.postfilter_harmonic, m.postfilter_max_levels)
     else:
         decoder = Decoder1d(**args)
     return VQVAE(Encoder1d(**args), build_quantizer(recipe, m.latent_dim), decoder, hop=m.hop)

@@ -56,6 +56,11 @@ class ModelConfig:
     decoder_dim: int = 256  # fourier: width of the ConvNeXt stack at the frame rate
     decoder_layers: int = 8  # fourier: ConvNeXt blocks
     n_fft: int = 0  # fourier: STFT size of the head (0 = 4 x hop)
+    # fourier, at inference only: deepen the valleys between formants / harmonics of the
+    # predicted spectrum (nn.audio.sharpen_spectrum); 0 = off. Changes no weights and no codes.
+    postfilter: float = 0.0
+    postfilter_harmonic: float = 0.0
+    postfilter_max_levels: int = 0  # apply it to codes of at most this many levels (0 = any)
 
 
 @dataclass
@@ -405,13 +410,18 @@ def validate(r: Recipe | ImageRecipe) -> None:
         "prior.layers_per_cycle": r.prior.layers_per_cycle, "prior.sample_seconds": r.prior.sample_seconds,
         "prior.frame_stack": r.prior.frame_stack,
     }, non_negative={
-        "model.res_blocks": r.model.res_blocks, "model.n_fft": r.model.n_fft, "prior.pad_seconds": r.prior.pad_seconds,
+        "model.res_blocks": r.model.res_blocks, "model.n_fft": r.model.n_fft,
+        "model.postfilter": r.model.postfilter, "model.postfilter_harmonic": r.model.postfilter_harmonic,
+        "model.postfilter_max_levels": r.model.postfilter_max_levels, "prior.pad_seconds": r.prior.pad_seconds,
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,
         "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.mfcc": r.loss.mfcc, "loss.quantizer": r.loss.quantizer,
         "loss.adversarial": r.loss.adversarial, "loss.feature_matching": r.loss.feature_matching,
     })
     if r.model.decoder not in DECODERS:
         raise bad("model.decoder", f"must be {' or '.join(repr(d) for d in DECODERS)}, got {r.model.decoder!r}")
+    if r.model.decoder != "fourier" and (r.model.postfilter or r.model.postfilter_harmonic):
+        raise bad("model.postfilter", f"filters the spectrum of the 'fourier' decoder; this recipe's "
+                  f"decoder is {r.model.decoder!r}: set model.postfilter and model.postfilter_harmonic to 0")
     if r.model.decoder == "fourier":
         n_fft = r.model.n_fft or 4 * r.model.hop
         if n_fft < 2 * r.model.hop or (n_fft - r.model.hop) % 2:

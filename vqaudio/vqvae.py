@@ -6,6 +6,7 @@ for sequences and grids. Codes are ``(B, *S)`` or, with residual VQ, ``(B, *S, l
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,13 @@ class VQVAE(nn.Module):
         super().__init__()
         self.encoder, self.quantizer, self.decoder, self.hop = encoder, quantizer, decoder, hop
         self.codes_frozen = False
+        # A decoder whose forward takes ``levels`` is told how many code levels made its input
+        # (the Fourier decoder's postfilter acts on coarse codes only); the others are not.
+        self._tell_levels = "levels" in inspect.signature(decoder.forward).parameters
+
+    def _decode(self, z_q: Tensor, codes: Tensor) -> Tensor:
+        """``codes`` (B, *S, levels) made ``z_q``; their last dimension is the level count."""
+        return self.decoder(z_q, levels=codes.shape[-1]) if self._tell_levels else self.decoder(z_q)
 
     def _pad(self, x: Tensor) -> Tensor:
         extra = -x.shape[-1] % self.hop
@@ -54,7 +62,7 @@ class VQVAE(nn.Module):
                 q = self.quantize(x, levels)
         else:
             q = self.quantize(x, levels)
-        x_hat = self.decoder(q.z_q.movedim(-1, 1))
+        x_hat = self._decode(q.z_q.movedim(-1, 1), q.codes)
         return VQVAEOutput(x_hat[..., : x.shape[-1]], q)
 
     def encode(self, x: Tensor, levels: int | None = None) -> Tensor:
@@ -63,5 +71,5 @@ class VQVAE(nn.Module):
 
     def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
         """Reconstruction from codes; ``length`` crops audio back to its original samples."""
-        x_hat = self.decoder(self.quantizer.lookup(codes).movedim(-1, 1))
+        x_hat = self._decode(self.quantizer.lookup(codes).movedim(-1, 1), codes)
         return x_hat if length is None else x_hat[..., :length]

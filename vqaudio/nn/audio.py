@@ -148,6 +148,33 @@ class ISTFT(nn.Module):
         return y / envelope.clamp_min(1e-11)
 
 
+def sharpen_spectrum(mag: Tensor, formant: float, harmonic: float) -> Tensor:
+    """A postfilter for a predicted magnitude spectrum (B, bins, F): deepen its valleys.
+
+    A decoder trained on reconstruction losses regresses towards the mean and fills the
+    valleys between formants (and between harmonics) with noise; a listener and a recogniser
+    hear the formants' contrast. As Codec2's LPC postfilter does, the log spectral envelope
+    (a moving average over about a twelfth of the band: wider than the harmonic spacing of any
+    voice, narrower than the formant spacing) is raised to the power ``1 + formant`` with its
+    straight-line tilt left alone, so peaks rise and valleys sink without making the sound
+    brighter or duller; ``harmonic`` does the same to the fine structure (the log magnitude
+    less its envelope). Each frame keeps its energy. 0 and 0 return ``mag`` itself.
+    """
+    if not formant and not harmonic:
+        return mag
+    bins = mag.shape[1]
+    k = bins // 24 * 2 + 1  # odd, about bins / 12: 11 of 129 bins (344 Hz at 8 kHz, n_fft 256)
+    log_mag = mag.clamp_min(1e-7).log().transpose(1, 2)  # (B, F, bins)
+    envelope = F.avg_pool1d(F.pad(log_mag, (k // 2, k // 2), mode="replicate"), k, stride=1)
+    # The envelope's deviation from its mean and its tilt (least-squares line over frequency).
+    x = torch.linspace(-1.0, 1.0, bins, device=mag.device, dtype=log_mag.dtype)
+    deviation = envelope - envelope.mean(-1, keepdim=True)
+    deviation = deviation - (deviation * x).sum(-1, keepdim=True) / x.square().sum() * x
+    sharpened = (log_mag + formant * deviation + harmonic * (log_mag - envelope)).exp().transpose(1, 2)
+    energy_ratio = mag.square().sum(1, keepdim=True) / sharpened.square().sum(1, keepdim=True).clamp_min(1e-20)
+    return sharpened * energy_ratio.sqrt()
+
+
 class FourierDecoder(nn.Module):
     """Codes at the frame rate -> STFT magnitude and phase -> inverse STFT -> waveform.
 
@@ -156,9 +183,15 @@ class FourierDecoder(nn.Module):
     (B, latent_dim, F) -> (B, 1, F * hop).
     """
 
-    def __init__(self, latent_dim: int, hop: int, dim: int = 256, layers: int = 8, n_fft: int = 0):
+    def __init__(self, latent_dim: int, hop: int, dim: int = 256, layers: int = 8, n_fft: int = 0,
+                 postfilter: float = 0.0, postfilter_harmonic: float = 0.0, postfilter_max_levels: int = 0):
         super().__init__()
         n_fft = n_fft or 4 * hop
+        # sharpen_spectrum's amounts, applied in eval mode only (training fits the plain spectrum)
+        # and, with postfilter_max_levels > 0, only to codes of at most that many levels: finer
+        # codes keep the contrast themselves, and sharpening them costs STOI.
+        self.postfilter, self.postfilter_harmonic = postfilter, postfilter_harmonic
+        self.postfilter_max_levels = postfilter_max_levels
         self.bins = n_fft // 2 + 1
         self.embed = nn.Conv1d(latent_dim, dim, 7, padding=3)
         self.norm = nn.LayerNorm(dim)
@@ -167,15 +200,20 @@ class FourierDecoder(nn.Module):
         self.head = nn.Linear(dim, 2 * self.bins)
         self.istft = ISTFT(n_fft, hop)
 
-    def spectrum(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """(magnitude, phase), each (B, bins, F): what the inverse STFT turns into the waveform."""
+    def spectrum(self, z: Tensor, levels: int | None = None) -> tuple[Tensor, Tensor]:
+        """(magnitude, phase), each (B, bins, F): what the inverse STFT turns into the waveform
+        (in eval mode the magnitude after the postfilter; ``levels``: how many code levels made
+        ``z``, None = unknown, treated as coarse)."""
         x = self.norm(self.embed(z).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
         out = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)  # (B, 2 * bins, F)
         log_mag, phase = out.float().split(self.bins, dim=1)
         # exp keeps magnitudes positive; the clamp keeps an early step from overflowing.
-        return log_mag.clamp(max=6.0).exp(), phase
+        mag = log_mag.clamp(max=6.0).exp()
+        if not self.training and (not self.postfilter_max_levels or (levels or 0) <= self.postfilter_max_levels):
+            mag = sharpen_spectrum(mag, self.postfilter, self.postfilter_harmonic)
+        return mag, phase
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.istft(torch.polar(*self.spectrum(z))).unsqueeze(1)
+    def forward(self, z: Tensor, levels: int | None = None) -> Tensor:
+        return self.istft(torch.polar(*self.spectrum(z, levels))).unsqueeze(1)
