@@ -29,7 +29,9 @@ def unlabelled_folder(path: Path, n: int = 8) -> Path:
 
 
 def test_prior_stage_trains_on_prior_data_and_the_codec_on_data(tmp_path):
-    from vqaudio.build import audio_model_config, build_audio_vqvae
+    import torch
+
+    from vqaudio.build import audio_model_config, build_audio_prior, build_audio_vqvae
     from vqaudio.checkpoint import save_model_dir
     from vqaudio.stages import audio_prior_stage
 
@@ -48,6 +50,14 @@ def test_prior_stage_trains_on_prior_data_and_the_codec_on_data(tmp_path):
     assert {f.parent for f in train + val} == {FSDD}
     assert len(crops.sequences) == len(train) == 8 and len(stage.val) == len(val) == 2
     assert set(stage.labels) <= set("0123456789") and len(stage.labels) > 1  # digits from FSDD names
+
+    # prior.embed_from_codebook: the stage's prior starts its code embeddings from this codec's vectors.
+    from_codebook, _ = audio_prior_stage(load_recipe(SMOKE, sets + ["prior.embed_from_codebook=true"]), run)
+    quantizer = from_codebook.codec.model.quantizer
+    expected = build_audio_prior(recipe, len(stage.labels))
+    expected.embed_codebooks([vq.lookup(torch.arange(recipe.quantizer.num_codes)) for vq in quantizer.levels])
+    assert torch.equal(from_codebook.model.embed.weight, expected.embed.weight)
+    assert not torch.equal(stage.model.embed.weight[: recipe.quantizer.num_codes], expected.embed.weight[: recipe.quantizer.num_codes])
 
     # Without [prior_data] the prior takes [data]'s files, which carry no label.
     plain = load_recipe(SMOKE, sets[:1])
@@ -140,7 +150,9 @@ def test_change_speed_scales_tempo_and_pitch_together():
 
 
 def test_prior_train_speeds_add_perturbed_copies_of_training_files_only(tmp_path):
-    from vqaudio.build import audio_model_config, build_audio_vqvae
+    import torch
+
+    from vqaudio.build import audio_model_config, build_audio_prior, build_audio_vqvae
     from vqaudio.checkpoint import save_model_dir
     from vqaudio.stages import audio_prior_stage
 

@@ -286,3 +286,24 @@ def test_prior_learns_a_markov_source_to_its_entropy_rate():
     steps = (sample[:, 1:] - sample[:, :-1]) % k
     assert ((steps == 1) | (steps == 3)).float().mean() > 0.97
     assert 0.7 < (steps == 1).float().mean() < 0.9
+
+
+def test_embed_codebooks_starts_the_embeddings_from_the_code_vectors():
+    torch.manual_seed(0)
+    k, levels = 8, 2
+    books = [torch.randn(k, 16) * 3 + 1, torch.randn(k, 16) * 0.1]
+    same = WaveNetPrior(k, levels=levels, channels=16, cycles=1, layers_per_cycle=2, frame_stack=2)
+    same.embed_codebooks(books)
+    for j in range(same.step_levels):  # 2 frames a step: rows of levels 0, 1, 0, 1
+        book = books[j % levels]
+        rows = slice(j * k, (j + 1) * k)
+        for table in (same.embed, same.embed_lower):
+            assert_close(table.weight[rows], book / book.square().mean().sqrt())
+    # Another width goes through one fixed projection: near codes stay nearest.
+    wide = WaveNetPrior(k, levels=levels, channels=64, cycles=1, layers_per_cycle=2)
+    books[0][1] = books[0][0] + 0.01  # code 1 is code 0's near twin
+    wide.embed_codebooks(books)
+    dist = torch.cdist(wide.embed.weight[:k], wide.embed.weight[:k]) + torch.eye(k) * 1e9
+    assert int(dist[0].argmin()) == 1
+    with pytest.raises(ValueError, match="need the code vectors of 2 levels"):
+        wide.embed_codebooks(books[:1])

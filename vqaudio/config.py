@@ -142,6 +142,9 @@ class PriorConfig:
     # shorter or longer vocal tract): more voices for a prior trained on few speakers.
     train_speeds: list[float] = field(default_factory=lambda: [1.0])
     sample_seconds: float = 2.0  # length of the clips sampled into TensorBoard at validation
+    # Start the prior's code embeddings from the codec's code vectors (WaveNetPrior.embed_codebooks)
+    # instead of at random; --init still replaces them with the init model's.
+    embed_from_codebook: bool = False
 
 
 def _prior_train() -> "TrainConfig":

@@ -154,6 +154,9 @@ class AudioPriorStage:
         self.recipe, self.codec, self.val, self.labels = recipe, codec, val, labels
         self.levels = recipe.prior.levels
         self.model = build_audio_prior(recipe, len(labels))
+        if recipe.prior.embed_from_codebook:
+            k = recipe.quantizer.num_codes
+            self.model.embed_codebooks([vq.lookup(torch.arange(k)) for vq in codec.model.quantizer.levels])
 
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.labels else None

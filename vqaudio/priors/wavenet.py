@@ -94,6 +94,28 @@ class WaveNetPrior(nn.Module):
             nn.init.zeros_(head[-1].weight)
             nn.init.zeros_(head[-1].bias)
 
+    @torch.no_grad()
+    def embed_codebooks(self, codebooks: list[Tensor]) -> None:
+        """Start both code embeddings from the codec's code vectors, one (K, D) per level,
+        scaled to the unit RMS of the default N(0, 1) rows: codes the decoder turns into alike
+        sounds start alike to the prior too, where random rows make every code a stranger.
+        D != channels goes through a fixed random projection (which keeps distances roughly:
+        Johnson-Lindenstrauss)."""
+        if len(codebooks) < self.levels:
+            raise ValueError(f"need the code vectors of {self.levels} levels, got {len(codebooks)}")
+        projection = torch.Generator().manual_seed(0)
+        for level, vectors in enumerate(codebooks[: self.levels]):
+            if vectors.shape != (self.num_codes, vectors.shape[-1]):
+                raise ValueError(f"level {level}: expected ({self.num_codes}, D) code vectors, got {tuple(vectors.shape)}")
+            v = vectors.detach().float().cpu()
+            if v.shape[1] != self.channels:
+                v = v @ torch.randn(v.shape[1], self.channels, generator=projection)
+            v = v / v.square().mean().sqrt().clamp_min(1e-12)
+            for j in range(level, self.step_levels, self.levels):  # this level in every stacked frame
+                rows = slice(j * self.num_codes, (j + 1) * self.num_codes)
+                self.embed.weight[rows] = v.to(self.embed.weight)
+                self.embed_lower.weight[rows] = v.to(self.embed_lower.weight)
+
     @property
     def receptive_field(self) -> int:
         """In code frames."""
