@@ -150,9 +150,7 @@ def test_change_speed_scales_tempo_and_pitch_together():
 
 
 def test_prior_train_speeds_add_perturbed_copies_of_training_files_only(tmp_path):
-    import torch
-
-    from vqaudio.build import audio_model_config, build_audio_prior, build_audio_vqvae
+    from vqaudio.build import audio_model_config, build_audio_vqvae
     from vqaudio.checkpoint import save_model_dir
     from vqaudio.stages import audio_prior_stage
 
