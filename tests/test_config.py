@@ -69,6 +69,7 @@ def write(tmp_path, text):
     ("[loss]\nfeature_matching = 2.0\n", "'loss.feature_matching' needs a discriminator"),
     ("[loss]\nadversarial = -1.0\n", "'loss.adversarial' must not be negative"),
     ("[loss]\nmfcc = -1.0\n", "'loss.mfcc' must not be negative"),
+    ("[loss]\nphase = -1.0\n", "'loss.phase' must not be negative"),
     ("[loss]\nn_mels = [16, 32]\n", "'loss.n_mels' must give one mel count >= 1 per FFT size"),
     ("[loss]\nfft_sizes = [128, 256, 4]\n", "'loss.n_mels' must give one mel count >= 1 per FFT size >= 8"),
     ("[loss]\nn_mels = [16, 32, 640]\n", "'loss.n_mels' is too many for one FFT size: 640 mels with n_fft=512"),

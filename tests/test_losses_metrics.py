@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vqaudio import metrics
-from vqaudio.losses import CepstralLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, ReconstructionLoss
+from vqaudio.losses import (CepstralLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, ReconstructionLoss,
+                            RelativePhaseLoss)
 
 SR = 8000
 
@@ -39,8 +40,9 @@ LOSSES = {
     "stft": lambda: MultiResolutionSTFTLoss(),
     "mel": lambda: MultiScaleMelLoss(SR),
     "mfcc": lambda: CepstralLoss(SR),
+    "phase": lambda: RelativePhaseLoss(),
     "total": lambda: (lambda crit: lambda a, b: crit(a, b)[0])(
-        ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0, "mfcc": 1.0})),
+        ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0, "mfcc": 1.0, "phase": 1.0})),
 }
 
 
@@ -97,8 +99,27 @@ def test_cepstral_loss_by_hand():
         CepstralLoss(SR, n_mels=10, n_ceps=13)
 
 
+def test_phase_loss_hears_incoherent_partials_that_the_magnitude_terms_barely_do():
+    # The same harmonics at the same levels, but every 32 ms each partial's phase jumps to a
+    # new random value: the magnitude spectrogram hardly changes, the phase steps do.
+    t = torch.arange(SR // 2) / SR
+    f0, partials = 150.0, range(1, 8)
+    x = sum(0.3 / k * torch.sin(2 * math.pi * k * f0 * t) for k in partials)[None, None]
+    g = torch.Generator().manual_seed(0)
+    block = 256
+    jumps = 2 * math.pi * torch.rand(len(t) // block + 1, len(partials), generator=g)
+    offset = jumps[torch.arange(len(t)) // block]  # (T, partials)
+    x_hat = sum(0.3 / k * torch.sin(2 * math.pi * k * f0 * t + offset[:, i])
+                for i, k in enumerate(partials))[None, None]
+    phase, stft = RelativePhaseLoss(), MultiResolutionSTFTLoss()
+    assert phase(2 * x, x).item() < 0.01  # a level change is no phase error
+    assert phase(x_hat, x).item() > 0.1
+    # relative to what a level change costs, the phase term sees the jumps far more clearly
+    assert phase(x_hat, x).item() / 0.01 > stft(x_hat, x).item() / stft(2 * x, x).item()
+
+
 def test_losses_compute_in_float32_and_keep_no_state():
-    crit = ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0, "mfcc": 1.0})
+    crit = ReconstructionLoss(SR, {"l1": 1.0, "stft": 1.0, "mel": 1.0, "mfcc": 1.0, "phase": 1.0})
     x = sines()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, terms = crit(x.bfloat16(), x)
@@ -128,6 +149,9 @@ def test_shared_spectra_equal_separate_losses():
     torch.testing.assert_close(terms["mel"], MultiScaleMelLoss(SR)(x_hat, x))
     torch.testing.assert_close(terms["mfcc"], CepstralLoss(SR)(x_hat, x))  # shares the 256-point STFT
     torch.testing.assert_close(total, terms["stft"] + 3.0 * terms["mel"] + 2.0 * terms["mfcc"])
+    total, terms = ReconstructionLoss(SR, {"mel": 1.0, "phase": 0.5}, fft_sizes=(128, 256), n_mels=(16, 32))(x_hat, x)
+    torch.testing.assert_close(terms["phase"], RelativePhaseLoss((128, 256))(x_hat, x))
+    torch.testing.assert_close(total, terms["mel"] + 0.5 * terms["phase"])
     # Non-default resolutions (the recipe's fft_sizes, n_mels) must agree with the separate losses too.
     sizes = ReconstructionLoss(SR, {"stft": 1.0, "mel": 1.0}, fft_sizes=(256,), n_mels=(32,))
     _, terms = sizes(x_hat, x)

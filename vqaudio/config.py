@@ -85,6 +85,9 @@ class LossConfig:
     stft: float = 1.0
     mel: float = 1.0
     mfcc: float = 0.0  # L1 of 13 mel-frequency cepstra (256-point FFT, 40 bands): the recogniser's view
+    # 1 - cos of the error in the STFT's phase steps between frames and between bins, weighted
+    # by amplitude (losses.RelativePhaseLoss): coherent partials, which DNSMOS hears
+    phase: float = 0.0
     quantizer: float = 1.0  # weight of the quantizer's commitment (+ codebook) loss
     adversarial: float = 0.0  # hinge loss of a multi-scale STFT discriminator (0 = no discriminator)
     feature_matching: float = 0.0  # L1 between its features of real and decoded audio
@@ -417,7 +420,8 @@ def validate(r: Recipe | ImageRecipe) -> None:
         "model.postfilter": r.model.postfilter, "model.postfilter_harmonic": r.model.postfilter_harmonic,
         "model.postfilter_max_levels": r.model.postfilter_max_levels, "prior.pad_seconds": r.prior.pad_seconds,
         "data.max_files": r.data.max_files, "data.peak": r.data.peak, "loss.l1": r.loss.l1,
-        "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.mfcc": r.loss.mfcc, "loss.quantizer": r.loss.quantizer,
+        "loss.stft": r.loss.stft, "loss.mel": r.loss.mel, "loss.mfcc": r.loss.mfcc, "loss.phase": r.loss.phase,
+        "loss.quantizer": r.loss.quantizer,
         "loss.adversarial": r.loss.adversarial, "loss.feature_matching": r.loss.feature_matching,
     })
     if r.model.decoder not in DECODERS:

@@ -1,5 +1,6 @@
 """Reconstruction losses for waveforms ``(B, 1, T)``: L1, multi-resolution STFT and multi-scale
-mel (as in DAC, arXiv:2306.06546 §3.4) and mel-cepstral, named and weighted by a dict.
+mel (as in DAC, arXiv:2306.06546 §3.4), mel-cepstral and relative phase, named and weighted
+by a dict.
 
 Every loss runs in float32 with autocast off: log magnitudes of half-precision spectra lose
 the quiet bins that the log is there to weigh. Windows and mel filterbanks are non-persistent
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-TERMS = ("l1", "stft", "mel", "mfcc")
+TERMS = ("l1", "stft", "mel", "mfcc", "phase")
 LOG_FLOOR = 1e-5  # magnitudes are clamped here before the log: silence costs a bounded amount
 
 
@@ -184,8 +185,62 @@ class CepstralLoss(_Spectral):
         return F.l1_loss(c_hat, c)  # a mean over elements, like the mel term
 
 
+class RelativePhaseLoss(nn.Module):
+    """How far the phase *differences* of the decoded STFT are from the original's: between
+    neighbouring frames (each bin's instantaneous frequency) and neighbouring bins (group
+    delay), as in APNet's anti-wrapping losses (arXiv:2305.09388 §2.3), here as 1 - cos of the
+    difference, which needs no unwrapping and is smooth. A harmonic's phase advancing steadily
+    from frame to frame is what makes it a clean partial rather than noise; the magnitude losses
+    see none of it and a waveform L1 only its loudest part. Each difference is weighted by the
+    original's amplitude there (the square root of the two magnitudes' product), so silence and
+    noise, whose phase is arbitrary, weigh little. Mean over ``fft_sizes`` (hop n_fft / 4).
+    forward(x_hat, x): two (B, 1, T) waveforms -> () scalar in [0, 2], 0 for identical inputs.
+    """
+
+    def __init__(self, fft_sizes: Sequence[int] = (128, 256, 512)):
+        super().__init__()
+        if not fft_sizes:
+            raise ValueError("fft_sizes must name at least one FFT size")
+        self.resolutions = [(n, max(1, n // 4)) for n in fft_sizes]
+        for n, _ in self.resolutions:
+            self.register_buffer(f"window_{n}", torch.hann_window(n), persistent=False)
+
+    def _stft(self, x: Tensor, n: int, hop: int) -> Tensor:
+        return torch.stft(x, n, hop, window=getattr(self, f"window_{n}"), center=True,
+                          pad_mode="constant", return_complex=True)
+
+    @staticmethod
+    def _term(y: Tensor, x: Tensor, dim: int, across_ranks: bool) -> Tensor:
+        """Weighted mean of 1 - cos(phase step of y - phase step of x) along ``dim`` (over the
+        global batch with ``across_ranks``)."""
+        def step(z):
+            a, b = z.narrow(dim, 1, z.shape[dim] - 1), z.narrow(dim, 0, z.shape[dim] - 1)
+            return a * b.conj()
+        sy, sx = step(y), step(x)
+        ax = sx.abs()
+        # Unit phasors u = s / |s|; |u_y - u_x|^2 / 2 = 1 - cos of the phase difference. The
+        # floor under |s| keeps the gradient of a nearly silent bin bounded (and 0 stays 0 for
+        # identical inputs).
+        floor = 1e-3 * ax.mean().detach().clamp_min(1e-12)
+        uy, ux = sy / sy.abs().clamp_min(floor), sx / ax.clamp_min(floor)
+        err = 0.5 * (uy - ux).abs().square()
+        w = ax.sqrt()
+        num, den = _sum_across_ranks(torch.stack([(w * err).sum(), w.sum()]), across_ranks)
+        return num / den.clamp_min(1e-12)
+
+    def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            y, x = _frames(x_hat), _frames(x)
+            total = 0.0
+            for n, hop in self.resolutions:
+                sy, sx = self._stft(y, n, hop), self._stft(x, n, hop)  # (N, bins, frames)
+                total = total + 0.5 * (self._term(sy, sx, 2, across_ranks) + self._term(sy, sx, 1, across_ranks))
+            return total / len(self.resolutions)
+
+
 class ReconstructionLoss(nn.Module):
-    """Weighted sum of named reconstruction terms: ``l1`` (waveform), ``stft``, ``mel``, ``mfcc``.
+    """Weighted sum of named reconstruction terms: ``l1`` (waveform), ``stft``, ``mel``, ``mfcc``,
+    ``phase``.
 
     ``weights`` maps term names to weights; names left out weigh 0, and terms of weight 0 are
     neither built nor computed. forward(x_hat, x) on (B, 1, T) waveforms returns
@@ -210,6 +265,7 @@ class ReconstructionLoss(nn.Module):
         self.mel = (MultiScaleMelLoss(sample_rate, fft_sizes, n_mels)
                     if "mel" in self.weights else None)
         self.mfcc = CepstralLoss(sample_rate) if "mfcc" in self.weights else None
+        self.phase = RelativePhaseLoss(fft_sizes) if "phase" in self.weights else None
 
     def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """``across_ranks``: called by every rank on its share of a global batch (training under
@@ -234,6 +290,8 @@ class ReconstructionLoss(nn.Module):
                         spectra[spec.n_fft, spec.hop] = (spec(frames[0]), spec(frames[1]))
                 s_hat, s = zip(*(spectra[r] for r in term.resolutions))
                 terms[name] = term.from_magnitudes(list(s_hat), list(s), across_ranks)
+            if self.phase is not None:
+                terms["phase"] = self.phase(x_hat, x, across_ranks)
             total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
 

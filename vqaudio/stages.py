@@ -57,7 +57,8 @@ class AudioVQVAEStage:
         self.codes_of: dict[str, str] = {}  # {"codes_id": …} of the --init model a decoder-only run keeps
         self.criterion = ReconstructionLoss(
             recipe.data.sample_rate, {"l1": recipe.loss.l1, "stft": recipe.loss.stft,
-                                      "mel": recipe.loss.mel, "mfcc": recipe.loss.mfcc},
+                                      "mel": recipe.loss.mel, "mfcc": recipe.loss.mfcc,
+                                      "phase": recipe.loss.phase},
             fft_sizes=recipe.loss.fft_sizes, n_mels=recipe.loss.n_mels)
         self.val_batch = torch.stack([val_set[i] for i in range(len(val_set))])  # (N, 1, T)
         # With loss.adversarial > 0 the loop also trains this discriminator (its "critic"),
