@@ -46,7 +46,8 @@ def _frames(x: Tensor) -> Tensor:
 
 
 class _Magnitude(nn.Module):
-    """|STFT| of (N, T) waveforms -> (N, n_fft // 2 + 1, frames), Hann window, hop given."""
+    """|STFT| of (N, T) waveforms -> (N, n_fft // 2 + 1, frames), Hann window, hop given
+    (``complex``: the STFT itself, for the phase term)."""
 
     def __init__(self, n_fft: int, hop: int):
         super().__init__()
@@ -55,11 +56,13 @@ class _Magnitude(nn.Module):
         self.n_fft, self.hop = n_fft, hop
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def complex(self, x: Tensor) -> Tensor:
         # Zero (not reflect) padding at the edges: works for clips shorter than n_fft / 2.
-        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=True,
+        return torch.stft(x, self.n_fft, self.hop, window=self.window, center=True,
                           pad_mode="constant", return_complex=True)
-        return spec.abs()  # autograd takes d|z|/dz = 0 at z = 0: silence gives no NaN
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.complex(x).abs()  # autograd takes d|z|/dz = 0 at z = 0: silence gives no NaN
 
 
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> Tensor:
@@ -201,13 +204,11 @@ class RelativePhaseLoss(nn.Module):
         super().__init__()
         if not fft_sizes:
             raise ValueError("fft_sizes must name at least one FFT size")
-        self.resolutions = [(n, max(1, n // 4)) for n in fft_sizes]
-        for n, _ in self.resolutions:
-            self.register_buffer(f"window_{n}", torch.hann_window(n), persistent=False)
+        self.specs = nn.ModuleList(_Magnitude(n, max(1, n // 4)) for n in fft_sizes)
 
-    def _stft(self, x: Tensor, n: int, hop: int) -> Tensor:
-        return torch.stft(x, n, hop, window=getattr(self, f"window_{n}"), center=True,
-                          pad_mode="constant", return_complex=True)
+    @property
+    def resolutions(self) -> list[tuple[int, int]]:
+        return [(s.n_fft, s.hop) for s in self.specs]
 
     @staticmethod
     def _term(y: Tensor, x: Tensor, dim: int, across_ranks: bool) -> Tensor:
@@ -228,14 +229,18 @@ class RelativePhaseLoss(nn.Module):
         num, den = _sum_across_ranks(torch.stack([(w * err).sum(), w.sum()]), across_ranks)
         return num / den.clamp_min(1e-12)
 
+    def from_spectra(self, s_hat: list[Tensor], s: list[Tensor], across_ranks: bool = False) -> Tensor:
+        """The term from complex STFTs (N, bins, frames), one pair per resolution."""
+        total = 0.0
+        for sy, sx in zip(s_hat, s):
+            total = total + 0.5 * (self._term(sy, sx, 2, across_ranks) + self._term(sy, sx, 1, across_ranks))
+        return total / len(s)
+
     def forward(self, x_hat: Tensor, x: Tensor, across_ranks: bool = False) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             y, x = _frames(x_hat), _frames(x)
-            total = 0.0
-            for n, hop in self.resolutions:
-                sy, sx = self._stft(y, n, hop), self._stft(x, n, hop)  # (N, bins, frames)
-                total = total + 0.5 * (self._term(sy, sx, 2, across_ranks) + self._term(sy, sx, 1, across_ranks))
-            return total / len(self.resolutions)
+            return self.from_spectra([s.complex(y) for s in self.specs], [s.complex(x) for s in self.specs],
+                                     across_ranks)
 
 
 class ReconstructionLoss(nn.Module):
@@ -276,22 +281,28 @@ class ReconstructionLoss(nn.Module):
             terms: dict[str, Tensor] = {}
             if "l1" in self.weights:
                 terms["l1"] = F.l1_loss(x_hat.float(), x.float())
-            # Every spectral term reads magnitudes at its resolutions; a resolution two terms
-            # share (by default stft and mel all three, mfcc the 256-point one) is transformed
-            # once per waveform.
+            # Every spectral term reads the STFTs at its resolutions (the phase term the complex
+            # ones, the others their magnitudes); a resolution two terms share (by default stft,
+            # mel and phase all three, mfcc the 256-point one) is transformed once per waveform.
             frames = (_frames(x_hat), _frames(x))
             spectra: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
-            for name in ("stft", "mel", "mfcc"):
+            magnitudes: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+            for name in ("stft", "mel", "mfcc", "phase"):
                 term = getattr(self, name)
                 if term is None:
                     continue
                 for spec in term.specs:
                     if (spec.n_fft, spec.hop) not in spectra:
-                        spectra[spec.n_fft, spec.hop] = (spec(frames[0]), spec(frames[1]))
-                s_hat, s = zip(*(spectra[r] for r in term.resolutions))
+                        spectra[spec.n_fft, spec.hop] = (spec.complex(frames[0]), spec.complex(frames[1]))
+                if name == "phase":
+                    s_hat, s = zip(*(spectra[r] for r in term.resolutions))
+                    terms[name] = term.from_spectra(list(s_hat), list(s), across_ranks)
+                    continue
+                for r in term.resolutions:
+                    if r not in magnitudes:
+                        magnitudes[r] = (spectra[r][0].abs(), spectra[r][1].abs())
+                s_hat, s = zip(*(magnitudes[r] for r in term.resolutions))
                 terms[name] = term.from_magnitudes(list(s_hat), list(s), across_ranks)
-            if self.phase is not None:
-                terms["phase"] = self.phase(x_hat, x, across_ranks)
             total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms
 
