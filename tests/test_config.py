@@ -157,5 +157,5 @@ def test_readme_entropy_prior_command_loads():
     words = shlex.split(block.group(2).replace("\\\n", " "))
     sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
     recipe = load_recipe(Path(__file__).parents[1] / block.group(1), sets)
-    assert not recipe.prior.conditional and recipe.prior.train_speeds == [1.0]
+    assert not recipe.prior.conditional and recipe.prior.train_speeds == [0.9, 1.0, 1.1]
     assert len(recipe.prior_data.folders) == 3
