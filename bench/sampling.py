@@ -84,6 +84,7 @@ def main() -> None:
 
 
 def speed(codec, prior, prior_dir, config, args) -> None:
+    from vqaudio.generate import draw_codes, load_run_classifier
     from vqaudio.priors.sampling import Controls, reference_sample, with_prior_defaults
     from vqaudio.priors.wavenet import sequence_logits_fn
 
@@ -91,15 +92,16 @@ def speed(codec, prior, prior_dir, config, args) -> None:
     frames = math.ceil(args.seconds * config["frames_per_second"])
     length = round(args.seconds * codec.sample_rate)
     controls = with_prior_defaults(Controls(seed=args.seed), config)  # as `vqaudio sample` draws
+    classifier = load_run_classifier(Path(prior_dir), config)
 
-    def cached():
+    def cached():  # one plain draw: the codes the reference must equal
         return prior.generate(1, frames, controls, labels)
 
     def reference():
         return reference_sample(sequence_logits_fn(prior, labels, controls.guidance), (frames, prior.levels), 1, controls)
 
-    def cached_and_decode():
-        return codec.decode(cached()[0].numpy(), length)
+    def cached_and_decode():  # what `vqaudio sample` does: best of prior.candidates, then decode
+        return codec.decode(draw_codes(prior, 1, frames, controls, labels, classifier)[0].numpy(), length)
 
     for fn in (cached, reference, cached_and_decode):  # warm-up
         fn()
@@ -121,6 +123,7 @@ def speed(codec, prior, prior_dir, config, args) -> None:
     print(f"- Date: {datetime.date.today()}; model: {prior_dir} ({config['levels']} levels, "
           f"K = {config['num_codes']}, receptive field {config['receptive_field_frames']} frames, "
           f"guidance {controls.guidance:g}{' (two passes per frame)' if controls.guided else ''}, "
+          f"cached + decode keeps the best of {controls.candidates} candidates drawn in one batch, "
           f"{sum(p.numel() for p in prior.parameters()) / 1e6:.2f} M parameters)")
     print(f"- {args.seconds} s = {frames} frames x {prior.levels} levels = {frames * prior.levels} codes; "
           f"{args.runs} runs; same codes from both samplers: {same}\n")
@@ -217,10 +220,12 @@ def real_rows(codec, config, limit: int) -> dict[str, dict[str, float]]:
             f"their resynthesis at {config['bitrate_bps'] / 1000:.3g} kb/s": listen(resynth, labels, codec.sample_rate)}
 
 
-def sample_row(codec, prior, config, controls, per_label: int, seconds: float) -> dict[str, float]:
+def sample_row(codec, prior, config, controls, per_label: int, seconds: float, classifier=None) -> dict[str, float]:
     """``per_label`` clips of ``seconds`` for every label (seeds ``controls.seed`` … +per_label-1,
     as ``vqaudio sample --num per_label --label d`` makes them), judged by the listeners. An
     unconditional prior gets ``10 * per_label`` clips and only the "any digit" share."""
+    from vqaudio.generate import draw_codes
+
     vocab = config["labels"]
     frames = math.ceil(seconds * config["frames_per_second"])
     length = round(seconds * codec.sample_rate)
@@ -228,22 +233,22 @@ def sample_row(codec, prior, config, controls, per_label: int, seconds: float) -
     for label in vocab or [None]:
         n = per_label if vocab else 10 * per_label
         ids = torch.full((n,), vocab.index(label), dtype=torch.long) if vocab else None
-        codes = prior.generate(n, frames, controls, ids)
+        codes = draw_codes(prior, n, frames, controls, ids, classifier)
         clips += [np.clip(codec.decode(c.numpy(), length), -1, 1) for c in codes]
         asked += [int(label) if label is not None and label.isdigit() else None] * n
     return listen(clips, asked, codec.sample_rate)
 
 
 def parse_controls(text: str):
-    """"t=0.8,k=50,p=0.9,g=3" -> Controls (t temperature, k top-k, p top-p, g guidance; unnamed
-    keep the defaults, guidance the prior's own)."""
+    """"t=0.8,k=50,p=0.9,g=3,n=4" -> Controls (t temperature, k top-k, p top-p, g guidance,
+    n candidates; unnamed keep the defaults, guidance and candidates the prior's own)."""
     from vqaudio.priors.sampling import Controls
 
-    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance"}
+    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance", "n": "candidates"}
     kwargs = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        kwargs[names[key.strip()]] = (int if key.strip() == "k" else float)(value)
+        kwargs[names[key.strip()]] = (int if key.strip() in "kn" else float)(value)
     return Controls(**kwargs)
 
 
@@ -251,7 +256,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             real_files: int) -> None:
     from vqaudio.build import load_audio_prior
     from vqaudio.codec import load_codec
-    from vqaudio.generate import resolve_run
+    from vqaudio.generate import load_run_classifier, resolve_run
     from vqaudio.priors.sampling import with_prior_defaults
 
     print(f"\n### Samples judged by the listeners ({per_label} clips of {seconds:g} s per digit, "
@@ -274,8 +279,9 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             t0 = time.perf_counter()
             controls = with_prior_defaults(parse_controls(text), config)
             if not text:
-                text = f"defaults (guidance {controls.guidance:g}, temperature {controls.temperature:g})"
-            r = sample_row(codec, prior, config, controls, per_label, seconds)
+                text = (f"defaults (guidance {controls.guidance:g}, temperature {controls.temperature:g}, "
+                        f"best of {controls.candidates})")
+            r = sample_row(codec, prior, config, controls, per_label, seconds, load_run_classifier(prior_dir, config))
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"
                   f" <!-- {time.perf_counter() - t0:.0f} s -->", flush=True)

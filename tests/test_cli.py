@@ -261,9 +261,34 @@ def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
     assert sf.info(tmp_path / "one.wav").frames == 4000
 
 
+def test_classifier_stage_then_best_of_n_keeps_one_of_its_candidates(run_dir, tmp_path):
+    """--stage classifier trains run/classifier on the run's cached prior codes (the encoding
+    is not redone); --candidates 3 then gives one of the three plain draws of seeds S,
+    S + 1,000,003 and S + 2,000,006 (which one: tests/test_classifier.py)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cache = (run / "codes-train.npz").stat().st_mtime_ns
+    p = vqaudio("train", ROOT / "recipes" / "smoke.toml", "--out", run, "--stage", "classifier",
+                "--set", "prior_train.steps=5")
+    assert "trained smoke" in p.stdout and (run / "codes-train.npz").stat().st_mtime_ns == cache
+    config = json.loads((run / "classifier" / "config.json").read_text())
+    assert config["kind"] == "audio-classifier" and config["labels"] == [str(d) for d in range(10)]
+    common = ["--model", run, "--seconds", "0.5", "--label", "3", "--temperature", "1.5"]
+    vqaudio("sample", *common, "--seed", "4", "--candidates", "3", "-o", tmp_path / "best.wav")
+    plain = []
+    for j in (0, 1, 2):
+        vqaudio("sample", *common, "--seed", str(4 + j * 1_000_003), "-o", tmp_path / f"c{j}.wav")
+        plain.append(sf.read(tmp_path / f"c{j}.wav")[0])
+    best = sf.read(tmp_path / "best.wav")[0]
+    assert any(np.array_equal(best, p) for p in plain)
+    assert not np.array_equal(plain[0], plain[1])  # three different candidates
+
+
 @pytest.mark.parametrize("case", ["no_prior", "unknown_label", "zero_seconds", "negative_seconds",
                                   "missing_model", "bad_top_p", "missing_folder", "not_wav", "bad_guidance",
-                                  "unguidable"])
+                                  "unguidable", "no_candidates", "no_classifier"])
 def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     import shutil
 
@@ -272,7 +297,8 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
             "zero_seconds": ["--seconds", "0"], "negative_seconds": ["--seconds", "-2"],
             "missing_model": ["--model", tmp_path / "nowhere"], "bad_top_p": ["--top-p", "1.5"],
             "missing_folder": ["-o", tmp_path / "no" / "s.wav"], "not_wav": ["-o", tmp_path / "s.mp3"],
-            "bad_guidance": ["--guidance", "-1"], "unguidable": ["--guidance", "2", "--label", "3"]}[case]
+            "bad_guidance": ["--guidance", "-1"], "unguidable": ["--guidance", "2", "--label", "3"],
+            "no_candidates": ["--candidates", "0"], "no_classifier": ["--candidates", "2", "--label", "3"]}[case]
     if case == "no_prior":
         shutil.copytree(run_dir / "vqvae", tmp_path / "run" / "vqvae")
         args = ["--model", tmp_path / "run"]
@@ -288,7 +314,9 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
                 "zero_seconds": "--seconds must be positive", "negative_seconds": "--seconds must be positive",
                 "missing_model": "no such folder", "bad_top_p": "--top-p",
                 "missing_folder": "does not exist", "not_wav": "ending in .wav",
-                "bad_guidance": "--guidance must be 0 or more", "unguidable": "trained without prior.label_dropout"}[case]
+                "bad_guidance": "--guidance must be 0 or more", "unguidable": "trained without prior.label_dropout",
+                "no_candidates": "--candidates must be 1 or more",
+                "no_classifier": "needs the code classifier that ranks the candidates"}[case]
     assert expected in lines[0]
     assert sorted(tmp_path.rglob("*")) == before
 

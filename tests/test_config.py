@@ -76,6 +76,8 @@ def write(tmp_path, text):
     ("[prior]\nlabel_dropout = 0.1\n", "'prior.label_dropout' needs a label-conditioned prior"),
     ("[prior]\nlabel_dropout = 1.0\n", "'prior.label_dropout' must be at least 0 and below 1"),
     ("[prior]\nguidance = 2.0\n", "'prior.guidance' needs a prior trained with label dropout"),
+    ("[prior]\ncandidates = 0\n", "'prior.candidates' must be 1 or more"),
+    ("[prior]\ncandidates = 4\n", "'prior.candidates' keeps the candidate most clearly its label"),
     ("[prior_train]\ndecoder_only = true\n", "unknown key 'prior_train.decoder_only'"),
 ])
 def test_bad_recipes_name_file_section_and_key(tmp_path, text, message):

@@ -83,7 +83,8 @@ def test_plain_autoencoder_baseline_trains_without_a_prior(tmp_path):
     assert "mse" in json.loads(p.stdout) and "perplexity" not in json.loads(p.stdout)
 
 
-@pytest.mark.parametrize("case", ["wrong_size", "rgb", "not_an_image", "missing", "sample_wav_name"])
+@pytest.mark.parametrize("case", ["wrong_size", "rgb", "not_an_image", "missing", "sample_wav_name",
+                                  "candidates"])
 def test_bad_image_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     if case == "wrong_size":
         args = ["resynth", glyph(tmp_path / "g.png", size=32)]
@@ -96,6 +97,8 @@ def test_bad_image_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case
         args = ["resynth", tmp_path / "g.png"]
     elif case == "missing":
         args = ["resynth", tmp_path / "nope.png"]
+    elif case == "candidates":  # best of N is for audio priors
+        args = ["sample", "--candidates", "2", "-o", tmp_path / "s.png"]
     else:
         args = ["sample", "-o", tmp_path / "s.wav"]
     before = sorted(tmp_path.rglob("*"))

@@ -122,13 +122,16 @@ def test_frame_stacked_samplers_equal_the_reference():
 
 
 def test_prior_defaults_fill_only_the_controls_left_open():
-    """``vqaudio sample`` leaves guidance and temperature to the prior's recipe unless given;
-    priors saved before those settings existed sample at 1 and 1; without a prior, 1."""
-    config = {"recipe": {"prior": {"guidance": 3.0, "temperature": 0.7}}}
-    assert with_prior_defaults(Controls(seed=4), config) == Controls(seed=4, guidance=3.0, temperature=0.7)
-    given = Controls(guidance=1.0, temperature=0.0)
+    """``vqaudio sample`` leaves guidance, temperature and candidates to the prior's recipe
+    unless given; priors saved before those settings existed sample at 1, 1 and 1; without a
+    prior, temperature 1."""
+    config = {"recipe": {"prior": {"guidance": 3.0, "temperature": 0.7, "candidates": 4}}}
+    assert with_prior_defaults(Controls(seed=4), config) == Controls(seed=4, guidance=3.0, temperature=0.7,
+                                                                     candidates=4)
+    given = Controls(guidance=1.0, temperature=0.0, candidates=1)
     assert with_prior_defaults(given, config) == given
-    assert with_prior_defaults(Controls(), {"recipe": {"prior": {}}}) == Controls(guidance=1.0, temperature=1.0)
+    assert with_prior_defaults(Controls(), {"recipe": {"prior": {}}}) == Controls(guidance=1.0, temperature=1.0,
+                                                                                    candidates=1)
     assert Controls().check().temperature == 1.0
 
 
@@ -307,3 +310,4 @@ def test_embed_codebooks_starts_the_embeddings_from_the_code_vectors():
     assert int(dist[0].argmin()) == 1
     with pytest.raises(ValueError, match="need the code vectors of 2 levels"):
         wide.embed_codebooks(books[:1])
+

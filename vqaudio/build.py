@@ -13,6 +13,7 @@ from vqaudio.errors import VqaudioError
 from vqaudio.nn.audio import Decoder1d, Encoder1d, FourierDecoder
 from vqaudio.nn.discriminators import MultiScaleSTFTDiscriminator
 from vqaudio.nn.image import Decoder2d, Encoder2d, NoQuantizer
+from vqaudio.priors.classifier import CodeClassifier
 from vqaudio.priors.pixelcnn import GatedPixelCNN
 from vqaudio.priors.wavenet import WaveNetPrior, receptive_field
 from vqaudio.quantizer import ResidualVQ
@@ -102,6 +103,31 @@ def audio_prior_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: lis
 def load_audio_prior(path: str | Path) -> tuple[WaveNetPrior, dict[str, Any]]:
     """Rebuild an audio prior from its model directory; eval mode."""
     return _load(path, AUDIO_PRIOR, lambda recipe, config: build_audio_prior(recipe, len(config["labels"])))
+
+
+AUDIO_CLASSIFIER = "audio-classifier"
+
+
+def build_audio_classifier(recipe: Recipe, num_labels: int) -> CodeClassifier:
+    return CodeClassifier(recipe.quantizer.num_codes, recipe.prior.levels, num_labels)
+
+
+def audio_classifier_config(recipe: Recipe, vqvae_config: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """config.json of a code classifier: whose codes, at how many levels, which labels."""
+    return {
+        "kind": AUDIO_CLASSIFIER,
+        "vqvae_model_id": vqvae_config["model_id"],
+        "vqvae_codes_id": codes_id(vqvae_config),
+        "num_codes": recipe.quantizer.num_codes,
+        "levels": recipe.prior.levels,
+        "labels": labels,
+        "recipe": recipe.to_dict(),
+    }
+
+
+def load_audio_classifier(path: str | Path) -> tuple[CodeClassifier, dict[str, Any]]:
+    """Rebuild a code classifier from its model directory; eval mode."""
+    return _load(path, AUDIO_CLASSIFIER, lambda recipe, config: build_audio_classifier(recipe, len(config["labels"])))
 
 
 # -- image path -------------------------------------------------------------------------------

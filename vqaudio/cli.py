@@ -80,7 +80,9 @@ def train(
         "--set", "-s", help="Override a recipe value: section.key=value (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run folder (default: runs/<recipe name>).")] = None,
-    stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae | prior (prior reuses the run's VQ-VAE).")] = "all",
+    stage: Annotated[str, typer.Option(help="Which stages to train: all | vqvae | prior | classifier (prior reuses the run's VQ-VAE; "
+                                       "the classifier, for sample --candidates, the run's prior data; all trains it "
+                                       "when prior.candidates > 1).")] = "all",
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from the newest complete checkpoint in the run folder "
                          "(with the same or another number of processes).")] = False,
@@ -177,6 +179,10 @@ def sample(
     guidance: Annotated[Optional[float], typer.Option(
         "--guidance", help="How hard to hold to the label (classifier-free guidance; 1 = plain "
                            "conditioning, 0 = ignore it; default: the prior's prior.guidance).")] = None,
+    candidates: Annotated[Optional[int], typer.Option(
+        "--candidates", help="Draw N per clip and keep the one the prior itself finds most clearly "
+                             "the label (Bayes' rule over its labels; 1 = plain draw; default: the "
+                             "prior's prior.candidates).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Instead of -o: write a listening report to this new folder, --num clips "
@@ -191,7 +197,8 @@ def sample(
         passive_omp_threads()
         from vqaudio.priors.sampling import Controls
 
-        controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, guidance=guidance)
+        controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, guidance=guidance,
+                            candidates=candidates)
         if report is not None:
             from vqaudio.report import sample_report
 

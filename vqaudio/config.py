@@ -138,6 +138,9 @@ class PriorConfig:
     label_dropout: float = 0.0
     guidance: float = 1.0
     temperature: float = 1.0  # vqaudio sample's default --temperature (< 1 sharpens, 0 = most likely codes)
+    # vqaudio sample's default --candidates: draw this many per clip and keep the one the prior,
+    # by Bayes' rule over its labels, finds most clearly the label asked (needs conditional).
+    candidates: int = 1
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding
     # Speed perturbation of the prior's training files (validation files stay as they are):
@@ -467,6 +470,11 @@ def validate(r: Recipe | ImageRecipe) -> None:
     if r.prior.levels > r.quantizer.levels:
         raise bad("prior.levels", f"is {r.prior.levels}, but the VQ-VAE has only "
                   f"quantizer.levels = {r.quantizer.levels}")
+    if r.prior.candidates < 1:
+        raise bad("prior.candidates", f"must be 1 or more, got {r.prior.candidates}")
+    if r.prior.candidates > 1 and not r.prior.conditional:
+        raise bad("prior.candidates", "keeps the candidate most clearly its label, so it needs a "
+                  "label-conditioned prior: set prior.conditional = true or prior.candidates = 1")
     if r.prior.sequence_frames < 2:
         raise bad("prior.sequence_frames", f"must be at least 2, got {r.prior.sequence_frames}")
     if not r.prior.train_speeds or not all(0.5 <= s <= 2 for s in r.prior.train_speeds):

@@ -116,11 +116,12 @@ def added_decoder_blocks(model: nn.Module, state: dict[str, Tensor]) -> dict[str
 
 
 def load_init(stage, init: InitModels) -> None:
-    """Load the ``--init`` weights of ``stage`` (its ``name`` is "vqvae" or "prior") into
+    """Load the ``--init`` weights of ``stage`` (its ``name`` is "vqvae" or "prior"; a
+    "classifier" always trains from scratch) into
     ``stage.model``. A VQ-VAE that does not fit the recipe is an error; an unlabelled prior
     starts a labelled one of its shape; a prior that does not fit (other levels, codebook size,
     labels or shape) is left to train from scratch. Says which in one line."""
-    folder = init.vqvae if stage.name == "vqvae" else init.prior
+    folder = {"vqvae": init.vqvae, "prior": init.prior}.get(stage.name)  # a classifier starts afresh
     if folder is None:
         say(f"{stage.name}: training from scratch: --init {init.given} has no {stage.name}")
         return

@@ -12,11 +12,11 @@ from tqdm import tqdm
 
 from vqaudio.atomic import check_output_path
 from vqaudio.audio_io import write_audio
-from vqaudio.build import AUDIO_PRIOR, IMAGE_PRIOR, load_audio_prior
+from vqaudio.build import AUDIO_PRIOR, IMAGE_PRIOR, load_audio_classifier, load_audio_prior
 from vqaudio.checkpoint import read_config, same_codes
 from vqaudio.codec import PRETRAINED, load_codec
 from vqaudio.errors import VqaudioError
-from vqaudio.priors.sampling import Controls, with_prior_defaults
+from vqaudio.priors.sampling import Controls, candidate_seeds, pick_clearest, with_prior_defaults
 
 
 def resolve_run(model: str | Path | None) -> tuple[Path, Path]:
@@ -59,6 +59,10 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
     if prior_config["kind"] == IMAGE_PRIOR:
         from vqaudio.image_commands import sample_images
 
+        if controls.candidates != 1:
+            raise VqaudioError(f"--candidates {controls.candidates}: best of N serves audio priors only; "
+                               "leave out --candidates for an image model")
+
         output = output or Path("samples.png")
         check_output_path(output, f"-o {output}")
         ids, names = _labels(prior_config.get("labels", []), label, num, controls.seed)
@@ -80,7 +84,8 @@ def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, out
         check_output_path(path, f"-o {path}")
     codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
     labels, names = _labels(config["labels"], label, num, controls.seed)
-    clips = generate_clips(codec, prior, config, seconds, num, controls, labels, progress)
+    clips = generate_clips(codec, prior, config, seconds, num, controls, labels, progress,
+                           load_run_classifier(prior_dir, config))
     results = []
     for path, wav, name in zip(paths, clips, names):
         write_audio(path, wav, codec.sample_rate)
@@ -101,19 +106,55 @@ def load_audio_run(vqvae_dir: Path, prior_dir: Path):
     return codec, prior, config
 
 
+def load_run_classifier(prior_dir: Path, prior_config: dict):
+    """The code classifier beside ``prior_dir`` (``classifier/``, for --candidates), or None."""
+    folder = prior_dir.parent / "classifier"
+    if not (folder / "config.json").is_file():
+        return None
+    classifier, config = load_audio_classifier(folder)
+    prior_codes = prior_config.get("vqvae_codes_id", prior_config["vqvae_model_id"])
+    if config["vqvae_codes_id"] != prior_codes or config["labels"] != prior_config["labels"]:
+        raise VqaudioError(f"model {folder}: this classifier was trained on other codes or labels than "
+                           f"{prior_dir}; retrain it with --stage classifier")
+    return classifier
+
+
 def generate_clips(codec, prior, config: dict, seconds: float, num: int, controls: Controls,
-                   labels: torch.Tensor | None, progress: bool = False) -> list[np.ndarray]:
+                   labels: torch.Tensor | None, progress: bool = False, classifier=None) -> list[np.ndarray]:
     """``num`` clips of exactly ``seconds`` ((T,) float32 in [-1, 1]): codes sampled from the
-    prior (conditioned on ``labels`` (num,) when given), decoded."""
+    prior (conditioned on ``labels`` (num,) when given; best of ``controls.candidates`` by
+    ``classifier``), decoded."""
     frames = math.ceil(seconds * config["frames_per_second"])
     length = round(seconds * codec.sample_rate)
     if length < 1:
         raise VqaudioError(f"--seconds {seconds:g} is shorter than one sample at {codec.sample_rate} Hz; "
                            f"ask for at least {1 / codec.sample_rate:g} s")
     bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
-    codes = prior.generate(num, frames, controls, labels, progress=lambda t: bar.update(t - bar.n))
+    codes = draw_codes(prior, num, frames, controls, labels, classifier, progress=lambda t: bar.update(t - bar.n))
     bar.close()
     return [np.clip(codec.decode(c.numpy(), length), -1.0, 1.0) for c in codes]
+
+
+def draw_codes(prior, num: int, frames: int, controls: Controls, labels: torch.Tensor | None,
+               classifier=None, progress=None) -> torch.Tensor:
+    """(num, frames, L) codes. With ``controls.candidates`` = N > 1, N candidates a clip are
+    drawn in one batch (candidate 0 is the plain draw) and the one ``classifier``
+    (priors/classifier.py) finds most likely the clip's label is kept: only that one is decoded."""
+    n = controls.candidates or 1
+    if n == 1:
+        return prior.generate(num, frames, controls, labels, progress)
+    if labels is None:
+        raise VqaudioError(f"--candidates {n}: keeps the candidate most likely its label, so it needs a "
+                           "label-conditioned prior; use --candidates 1")
+    if classifier is None:
+        raise VqaudioError(f"--candidates {n}: needs the code classifier that ranks the candidates "
+                           "(classifier/ beside prior/); train it with 'vqaudio train RECIPE --stage "
+                           "classifier --out RUN', or use --candidates 1")
+    codes = prior.generate(n * num, frames, controls, labels.repeat(n), progress,
+                           seeds=candidate_seeds(controls.seed, num, n))
+    with torch.no_grad():
+        log_probs = classifier(codes[..., : classifier.levels]).log_softmax(-1)
+    return pick_clearest(codes, log_probs, labels, n)
 
 
 def check_seconds(seconds: float) -> None:

@@ -203,7 +203,8 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
     ``out_dir``; one result per clip (its label, bitrate and listener scores)."""
     from vqaudio.build import AUDIO_PRIOR
     from vqaudio.checkpoint import read_config
-    from vqaudio.generate import _labels, check_seconds, generate_clips, load_audio_run, resolve_run
+    from vqaudio.generate import (_labels, check_seconds, generate_clips, load_audio_run, load_run_classifier,
+                                  resolve_run)
     from vqaudio.priors.sampling import with_prior_defaults
 
     label_text = f"--report {out_dir}"
@@ -220,6 +221,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
 
         check_available()
     codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
+    classifier = load_run_classifier(prior_dir, config)
     controls = with_prior_defaults(controls, config)
     vocab = config["labels"]
     asked = [label] if label is not None else (vocab or [None])
@@ -228,7 +230,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
     for name in asked:
         ids, _ = _labels(vocab, name, num, controls.seed)
         clips = []
-        for i, wav in enumerate(generate_clips(codec, prior, config, seconds, num, controls, ids)):
+        for i, wav in enumerate(generate_clips(codec, prior, config, seconds, num, controls, ids, False, classifier)):
             scores = _listen(wav, codec.sample_rate, name, listeners)
             clips.append(Clip(f"sample {i + 1}", kbps, wav, scores))
             results.append({"label": name, "sample": i + 1, "duration_s": len(wav) / codec.sample_rate,
@@ -236,7 +238,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
         sections.append(Section(f"label {name}" if name is not None else "samples", clips))
     notes = [f"Model {vqvae_dir.parent} at {codec.sample_rate} Hz: {num} clip{'s' if num > 1 else ''} "
              f"of {seconds:g} s per label, temperature {controls.temperature:g}, top-k {controls.top_k}, "
-             f"top-p {controls.top_p:g}, guidance {controls.guidance:g}, seed {controls.seed}; decoded at {kbps:.3g} kb/s "
+             f"top-p {controls.top_p:g}, guidance {controls.guidance:g}, best of {controls.candidates}, seed {controls.seed}; decoded at {kbps:.3g} kb/s "
              f"({config['levels']} levels).",
              "DNSMOS P.835 (1–5) and whether PocketSphinx recognises the label as a spoken digit."
              if listeners else "DNSMOS and digit recognition were not measured (--no-listeners)."]

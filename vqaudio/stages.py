@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqaudio.audio_io import list_audio_files
-from vqaudio.build import (audio_model_config, audio_prior_config, build_audio_discriminator, build_audio_prior,
-                           build_audio_vqvae)
+from vqaudio.build import (audio_classifier_config, audio_model_config, audio_prior_config,
+                           build_audio_classifier, build_audio_discriminator, build_audio_prior, build_audio_vqvae)
 from vqaudio.checkpoint import save_model_dir
 from vqaudio.codec import Codec, load_codec
 from vqaudio.config import DataConfig, PriorDataConfig, Recipe
@@ -220,6 +220,64 @@ def prior_bits_per_code(prior, sequences: CodeSequences, conditioned: bool) -> n
 def audio_prior_stage(recipe: Recipe, run_dir: Path):
     """The prior stage and its training set: (codes, label, mask) crops by key. The
     VQ-VAE is the one in ``run_dir/vqvae``; the data set is encoded once and cached beside it."""
+    codec, train, val, vocab = prior_codes(recipe, run_dir)
+    return AudioPriorStage(recipe, codec, val, vocab), CodeCrops(train, recipe.prior.sequence_frames, recipe.prior.levels)
+
+
+class AudioClassifierStage:
+    """Cross-entropy of the code classifier (priors/classifier.py) on the prior's own training
+    crops: which label a code sequence says, for ``vqaudio sample --candidates``."""
+
+    name = "classifier"
+
+    def __init__(self, recipe: Recipe, codec: Codec, val: CodeSequences, labels: list[str]):
+        self.recipe, self.codec, self.val, self.labels = recipe, codec, val, labels
+        self.levels = recipe.prior.levels
+        self.model = build_audio_classifier(recipe, len(labels))
+        self.model.embed_codebooks([vq.lookup(torch.arange(recipe.quantizer.num_codes))
+                                    for vq in codec.model.quantizer.levels])
+
+    def loss(self, batch) -> tuple[Tensor, dict[str, float]]:
+        codes, labels, _ = batch  # silence padding included: samples are clips with silence too
+        logits = self.model(codes)
+        loss = F.cross_entropy(logits, labels, label_smoothing=0.1)  # no certainty on one crop
+        return loss, {"loss": loss.item(), "accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+
+    @torch.no_grad()
+    def validate(self, writer, step: int) -> dict[str, float]:
+        """Accuracy and cross-entropy on the validation files, whole."""
+        longest = max(len(q) for q in self.val.sequences)
+        device = next(self.model.parameters()).device
+        right, loss = 0.0, 0.0
+        for start in range(0, len(self.val), 64):
+            codes, labels, _ = (t.to(device) for t in self.val.batch(
+                list(range(start, min(start + 64, len(self.val)))), longest, self.levels))
+            logits = self.model(codes)
+            right += float((logits.argmax(-1) == labels).sum())
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        metrics = {"accuracy": right / len(self.val), "loss": loss / len(self.val)}
+        for k, v in metrics.items():
+            writer.add_scalar(f"{self.name}/val/{k}", v, step)
+        return metrics
+
+    def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
+        save_model_dir(directory, self.model, audio_classifier_config(self.recipe, self.codec.config, self.labels),
+                       extra)
+
+
+def audio_classifier_stage(recipe: Recipe, run_dir: Path):
+    """The classifier stage on the prior's data (the same cached codes, crops and labels)."""
+    if not recipe.prior.conditional:
+        raise VqaudioError("the classifier stage learns the prior's labels, and this recipe's prior has "
+                           "none: set prior.conditional = true (and data.label_regex)")
+    codec, train, val, vocab = prior_codes(recipe, run_dir)
+    return AudioClassifierStage(recipe, codec, val, vocab), CodeCrops(train, recipe.prior.sequence_frames,
+                                                                      recipe.prior.levels)
+
+
+def prior_codes(recipe: Recipe, run_dir: Path) -> tuple[Codec, CodeSequences, CodeSequences, list[str]]:
+    """(codec, training codes, validation codes, label vocabulary) of the prior's files, coded
+    by the VQ-VAE in ``run_dir/vqvae``: encoded once, cached beside it."""
     if not (run_dir / "vqvae" / "config.json").is_file():
         raise VqaudioError(f"no trained VQ-VAE in {run_dir / 'vqvae'}; train it first with "
                            f"'vqaudio train {recipe.source or 'RECIPE'} --stage vqvae --out {run_dir}'")
@@ -240,4 +298,4 @@ def audio_prior_stage(recipe: Recipe, run_dir: Path):
     train = encode_files(codec, train_files, ids[: len(train_files)], p.pad_seconds, run_dir / "codes-train.npz",
                          p.train_speeds)
     val = encode_files(codec, val_files, ids[len(train_files):], p.pad_seconds, run_dir / "codes-val.npz")
-    return AudioPriorStage(recipe, codec, val, vocab), CodeCrops(train, p.sequence_frames, p.levels)
+    return codec, train, val, vocab

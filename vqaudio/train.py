@@ -346,14 +346,16 @@ def recipe_differences(trained: dict, current: dict) -> list[str]:
     return differ
 
 
-STAGES = ("vqvae", "prior", "all")
+STAGES = ("vqvae", "prior", "classifier", "all")
 
 
 def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: str = "all",
                  resume: bool = False, device: str = "auto", precision: str = "auto",
                  compile: bool = False, workers: int | None = None, init: str | Path | None = None) -> Path:
     """Train the stages of a recipe into ``out`` (default ``runs/<recipe name>``): the VQ-VAE
-    (``run/vqvae``), then the prior over its codes (``run/prior``). ``stage="prior"`` reuses
+    (``run/vqvae``), then the prior over its codes (``run/prior``), then for an audio recipe
+    with ``prior.candidates`` > 1 the code classifier that ranks the prior's candidates
+    (``run/classifier``; ``stage="classifier"`` trains it alone). ``stage="prior"`` reuses
     the VQ-VAE already in the run folder; ``resume`` continues each stage from its newest
     complete checkpoint (a finished stage resumes at its last step and only saves again).
 
@@ -380,14 +382,23 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
         start = init_models(init, recipe, stage)  # a bad --init fails before the data is read
     from torch.utils.tensorboard import SummaryWriter
 
+    classifier_stage_of = None
     if isinstance(recipe, ImageRecipe):
         from vqaudio.image_stages import image_prior_stage as prior_stage_of
         from vqaudio.image_stages import image_vqvae_stage as vqvae_stage_of
+        if stage == "classifier":
+            raise VqaudioError("--stage classifier: the code classifier (for vqaudio sample --candidates) "
+                               "serves audio recipes only")
         if stage == "all" and recipe.quantizer.kind == "none":
             stage = "vqvae"  # a plain autoencoder has no codes for a prior
     else:
+        from vqaudio.stages import audio_classifier_stage as classifier_stage_of
         from vqaudio.stages import audio_prior_stage as prior_stage_of
         from vqaudio.stages import audio_vqvae_stage as vqvae_stage_of
+    # The classifier ranks the prior's candidates: "all" trains it where the recipe samples
+    # more than one (prior.candidates > 1); --stage classifier trains it on its own.
+    with_classifier = stage == "classifier" or (stage == "all" and classifier_stage_of is not None
+                                                 and recipe.prior.candidates > 1)
 
     run_dir = Path(out) if out else Path("runs") / recipe.name
     if resume and not (run_dir / "checkpoints").is_dir():
@@ -399,8 +410,10 @@ def train_recipe(recipe: Recipe | ImageRecipe, out: Path | None = None, stage: s
             say(rt.describe())  # anything but the plain one-process CPU run is worth a line
         try:
             for name, cfg, make in (("vqvae", recipe.train, lambda: vqvae_stage_of(recipe)),
-                                    ("prior", recipe.prior_train, lambda: prior_stage_of(recipe, run_dir))):
-                if stage not in (name, "all"):
+                                    ("prior", recipe.prior_train, lambda: prior_stage_of(recipe, run_dir)),
+                                    ("classifier", recipe.prior_train,  # the prior's loop settings
+                                     lambda: classifier_stage_of(recipe, run_dir))):
+                if stage not in (name, "all") or (name == "classifier" and not with_classifier):
                     continue
                 _threads(cfg)
                 seed_everything(cfg.seed)

@@ -33,6 +33,10 @@ class Controls:
     # pass. 1 = the conditioned prior as it is; > 1 holds closer to the label; 0 ignores it.
     # None = the prior's own default (prior.guidance of its recipe).
     guidance: float | None = None
+    # Best of N: draw N candidates per clip and keep the one a code classifier finds most
+    # likely its label (``pick_clearest``). 1 = the plain draw; None = the prior's own
+    # default (prior.candidates of its recipe; 1 where it has none).
+    candidates: int | None = None
 
     @property
     def guided(self) -> bool:
@@ -51,6 +55,8 @@ class Controls:
             raise VqaudioError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
             raise VqaudioError(f"--guidance must be 0 or more, got {self.guidance}")
+        if self.candidates is not None and self.candidates < 1:
+            raise VqaudioError(f"--candidates must be 1 or more, got {self.candidates}")
         return self
 
 
@@ -69,13 +75,35 @@ def drop_labels(labels: Tensor, rate: float, null: int) -> Tensor:
 
 
 def with_prior_defaults(controls: Controls, prior_config: dict) -> Controls:
-    """``controls`` with guidance and temperature left as None replaced by the prior's own
-    defaults: ``prior.guidance`` and ``prior.temperature`` of the recipe it was trained with
-    (1 each, plain conditioning at full temperature, for priors saved before they existed)."""
+    """``controls`` with guidance, temperature and candidates left as None replaced by the
+    prior's own defaults: ``prior.guidance``, ``prior.temperature`` and ``prior.candidates`` of
+    the recipe it was trained with (1 each, plain conditioning at full temperature, one draw,
+    for priors saved before they existed)."""
     p = prior_config["recipe"]["prior"]
     return replace(controls,
                    guidance=float(p.get("guidance", 1.0)) if controls.guidance is None else controls.guidance,
-                   temperature=float(p.get("temperature", 1.0)) if controls.temperature is None else controls.temperature)
+                   temperature=float(p.get("temperature", 1.0)) if controls.temperature is None else controls.temperature,
+                   candidates=int(p.get("candidates", 1)) if controls.candidates is None else controls.candidates)
+
+
+# Candidate j of the clip whose noise is seeded s draws from seed s + j·1,000,003: candidate 0
+# is the plain draw, and clip i of --num N --seed S still equals the one clip of --seed S+i.
+# (Not 2^32: torch's CPU generator keeps only a seed's low 32 bits.)
+CANDIDATE_SEED_STRIDE = 1_000_003
+
+
+def candidate_seeds(seed: int, num: int, candidates: int) -> list[int]:
+    """Noise seeds of ``num`` clips x ``candidates`` rows, candidate-major (row j·num + i)."""
+    return [seed + i + j * CANDIDATE_SEED_STRIDE for j in range(candidates) for i in range(num)]
+
+
+def pick_clearest(codes: Tensor, log_probs: Tensor, labels: Tensor, candidates: int) -> Tensor:
+    """Best of N. ``codes`` (N·B, ...) candidate-major, ``log_probs`` (N·B, labels) a
+    classifier's log p(label | codes) for each, ``labels`` (B,) the labels asked: (B, ...) the
+    candidate of each clip most likely its label (the first on a tie)."""
+    num = labels.shape[0]
+    score = log_probs.gather(1, labels.repeat(candidates)[:, None]).view(candidates, num)
+    return codes.view(candidates, num, *codes.shape[1:])[score.argmax(0), torch.arange(num)]
 
 
 def guided_labels(controls: Controls, num_labels: int, has_null: bool, labels: Tensor | None) -> Tensor | None:
@@ -115,11 +143,15 @@ def filter_logits(logits: Tensor, controls: Controls) -> Tensor:
 class Sampler:
     """Turns logits into codes, position by position. Row b of the batch has its own noise
     stream seeded with ``seed + b``, so a row's draws do not depend on the batch size: sample
-    i of ``--num N --seed S`` equals the one sample of ``--seed S+i``."""
+    i of ``--num N --seed S`` equals the one sample of ``--seed S+i``. ``seeds`` (one per row)
+    replaces ``seed + b`` (best-of-N candidates, ``candidate_seeds``)."""
 
-    def __init__(self, controls: Controls, batch: int, positions: int):
+    def __init__(self, controls: Controls, batch: int, positions: int, seeds: list[int] | None = None):
         self.controls = controls.check()
         self.batch, self.positions = batch, positions
+        self.seeds = list(seeds) if seeds is not None else [controls.seed + b for b in range(batch)]
+        if len(self.seeds) != batch:
+            raise ValueError(f"{len(self.seeds)} seeds for {batch} rows")
         self.noise: np.ndarray | None = None  # (B, positions, K) Gumbel, drawn at the first call
 
     def _gumbel(self, num_codes: int) -> np.ndarray:
@@ -127,10 +159,17 @@ class Sampler:
         torch splits a large elementwise op over its threads, and on a busy machine each such
         op can wait milliseconds for the other thread (the draws are the same either way up to
         the last bit of a rare entry; reference and cached samplers share this noise)."""
-        u = np.stack([torch.rand((self.positions, num_codes), dtype=torch.float32,
-                                 generator=torch.Generator().manual_seed(self.controls.seed + b)).numpy()
-                      for b in range(self.batch)])
-        return -np.log(-np.log(np.clip(u, 1e-20, 1.0)))
+        # In place, into one preallocated array: the same bits as -log(-log(clip(u))) built
+        # from temporaries, 2-4x faster for the 8 rows of a best-of-8 draw (2M entries).
+        g = np.empty((self.batch, self.positions, num_codes), dtype=np.float32)
+        for row, seed in zip(g, self.seeds):
+            torch.rand((self.positions, num_codes), dtype=torch.float32,
+                       generator=torch.Generator().manual_seed(seed), out=torch.from_numpy(row))
+        np.clip(g, 1e-20, 1.0, out=g)
+        np.log(g, out=g)
+        np.negative(g, out=g)
+        np.log(g, out=g)
+        return np.negative(g, out=g)
 
     def __call__(self, logits: Tensor | np.ndarray, position: int) -> Tensor | np.ndarray:
         """logits (B, K) at flattened position ``position`` -> codes (B,) long.

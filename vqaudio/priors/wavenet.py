@@ -184,8 +184,10 @@ class WaveNetPrior(nn.Module):
 
     @torch.inference_mode()  # no autograd bookkeeping at all: ~10% faster than no_grad here
     def generate(self, batch: int, frames: int, controls: Controls = Controls(),
-                 labels: Tensor | None = None, progress: Callable[[int], None] | None = None) -> Tensor:
-        """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers.
+                 labels: Tensor | None = None, progress: Callable[[int], None] | None = None,
+                 seeds: list[int] | None = None) -> Tensor:
+        """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers; row b's
+        noise seeded ``controls.seed + b``, or ``seeds[b]`` when given.
 
         Draws use the same noise stream in the same order as ``reference_sample``, so the
         output equals the full-recompute reference for the same seed. On the CPU the frames
@@ -193,7 +195,7 @@ class WaveNetPrior(nn.Module):
         operations per frame, which is what costs at small batch); elsewhere through ``FrameStepper``.
         """
         device = self.embed.weight.device
-        sampler = Sampler(controls, batch, self._steps(frames) * self.step_levels)
+        sampler = Sampler(controls, batch, self._steps(frames) * self.step_levels, seeds)
         labels = guided_labels(controls, self.num_labels, self.null_label, labels)
         rows = 2 * batch if controls.guided else batch  # guided: every row twice, the second unlabelled
         if device.type != "cpu":
