@@ -92,7 +92,7 @@ def speed(codec, prior, prior_dir, config, args) -> None:
     frames = math.ceil(args.seconds * config["frames_per_second"])
     length = round(args.seconds * codec.sample_rate)
     controls = with_prior_defaults(Controls(seed=args.seed), config)  # as `vqaudio sample` draws
-    classifier = load_run_classifier(Path(prior_dir), config)
+    classifier = load_run_classifier(Path(prior_dir), config, codec)
 
     def cached():  # one plain draw: the codes the reference must equal
         return prior.generate(1, frames, controls, labels)
@@ -269,6 +269,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
         vqvae_dir, prior_dir = resolve_run(model)
         codec = load_codec(vqvae_dir)
         prior, config = load_audio_prior(prior_dir)
+        classifier = load_run_classifier(prior_dir, config, codec)
         name = f"{model or 'pretrained'}"
         if real_files and codec.config["model_id"] not in seen_codecs:  # 0: samples only
             seen_codecs.add(codec.config["model_id"])
@@ -281,7 +282,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             if not text:
                 text = (f"defaults (guidance {controls.guidance:g}, temperature {controls.temperature:g}, "
                         f"best of {controls.candidates})")
-            r = sample_row(codec, prior, config, controls, per_label, seconds, load_run_classifier(prior_dir, config))
+            r = sample_row(codec, prior, config, controls, per_label, seconds, classifier)
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"
                   f" <!-- {time.perf_counter() - t0:.0f} s -->", flush=True)

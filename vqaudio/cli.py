@@ -180,9 +180,8 @@ def sample(
         "--guidance", help="How hard to hold to the label (classifier-free guidance; 1 = plain "
                            "conditioning, 0 = ignore it; default: the prior's prior.guidance).")] = None,
     candidates: Annotated[Optional[int], typer.Option(
-        "--candidates", help="Draw N per clip and keep the one the prior itself finds most clearly "
-                             "the label (Bayes' rule over its labels; 1 = plain draw; default: the "
-                             "prior's prior.candidates).")] = None,
+        "--candidates", help="Draw N per clip and keep the one the run's code classifier finds most "
+                             "likely the label (1 = plain draw; default: the prior's prior.candidates).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Instead of -o: write a listening report to this new folder, --num clips "

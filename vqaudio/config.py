@@ -138,8 +138,8 @@ class PriorConfig:
     label_dropout: float = 0.0
     guidance: float = 1.0
     temperature: float = 1.0  # vqaudio sample's default --temperature (< 1 sharpens, 0 = most likely codes)
-    # vqaudio sample's default --candidates: draw this many per clip and keep the one the prior,
-    # by Bayes' rule over its labels, finds most clearly the label asked (needs conditional).
+    # vqaudio sample's default --candidates: draw this many per clip and keep the one the code
+    # classifier (--stage classifier) finds most likely the label asked (needs conditional).
     candidates: int = 1
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding

@@ -85,7 +85,7 @@ def sample_audio(vqvae_dir: Path, prior_dir: Path, seconds: float, num: int, out
     codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
     labels, names = _labels(config["labels"], label, num, controls.seed)
     clips = generate_clips(codec, prior, config, seconds, num, controls, labels, progress,
-                           load_run_classifier(prior_dir, config))
+                           load_run_classifier(prior_dir, config, codec))
     results = []
     for path, wav, name in zip(paths, clips, names):
         write_audio(path, wav, codec.sample_rate)
@@ -106,14 +106,15 @@ def load_audio_run(vqvae_dir: Path, prior_dir: Path):
     return codec, prior, config
 
 
-def load_run_classifier(prior_dir: Path, prior_config: dict):
-    """The code classifier beside ``prior_dir`` (``classifier/``, for --candidates), or None."""
+def load_run_classifier(prior_dir: Path, prior_config: dict, codec):
+    """The code classifier beside ``prior_dir`` (``classifier/``, for --candidates), or None;
+    it must read the codes of ``codec`` at the prior's levels, with the prior's labels."""
     folder = prior_dir.parent / "classifier"
     if not (folder / "config.json").is_file():
         return None
     classifier, config = load_audio_classifier(folder)
-    prior_codes = prior_config.get("vqvae_codes_id", prior_config["vqvae_model_id"])
-    if config["vqvae_codes_id"] != prior_codes or config["labels"] != prior_config["labels"]:
+    if (not same_codes(config, codec.config) or config["labels"] != prior_config["labels"]
+            or config["levels"] != prior_config["levels"]):
         raise VqaudioError(f"model {folder}: this classifier was trained on other codes or labels than "
                            f"{prior_dir}; retrain it with --stage classifier")
     return classifier
@@ -153,7 +154,7 @@ def draw_codes(prior, num: int, frames: int, controls: Controls, labels: torch.T
     codes = prior.generate(n * num, frames, controls, labels.repeat(n), progress,
                            seeds=candidate_seeds(controls.seed, num, n))
     with torch.no_grad():
-        log_probs = classifier(codes[..., : classifier.levels]).log_softmax(-1)
+        log_probs = classifier(codes).log_softmax(-1)
     return pick_clearest(codes, log_probs, labels, n)
 
 

@@ -221,7 +221,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
 
         check_available()
     codec, prior, config = load_audio_run(vqvae_dir, prior_dir)
-    classifier = load_run_classifier(prior_dir, config)
+    classifier = load_run_classifier(prior_dir, config, codec)
     controls = with_prior_defaults(controls, config)
     vocab = config["labels"]
     asked = [label] if label is not None else (vocab or [None])
@@ -230,7 +230,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
     for name in asked:
         ids, _ = _labels(vocab, name, num, controls.seed)
         clips = []
-        for i, wav in enumerate(generate_clips(codec, prior, config, seconds, num, controls, ids, False, classifier)):
+        for i, wav in enumerate(generate_clips(codec, prior, config, seconds, num, controls, ids, classifier=classifier)):
             scores = _listen(wav, codec.sample_rate, name, listeners)
             clips.append(Clip(f"sample {i + 1}", kbps, wav, scores))
             results.append({"label": name, "sample": i + 1, "duration_s": len(wav) / codec.sample_rate,

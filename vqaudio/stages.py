@@ -146,6 +146,13 @@ def audio_vqvae_stage(recipe: Recipe):
     return AudioVQVAEStage(recipe, val_set), train_set
 
 
+def code_vectors(codec: Codec) -> list[Tensor]:
+    """Each quantizer level's code vectors (K, D): where the prior's and the classifier's code
+    embeddings start."""
+    k = codec.config["num_codes"]
+    return [vq.lookup(torch.arange(k)) for vq in codec.model.quantizer.levels]
+
+
 class AudioPriorStage:
     """Teacher-forced cross-entropy of the WaveNet prior on cached code sequences."""
 
@@ -157,7 +164,7 @@ class AudioPriorStage:
         self.model = build_audio_prior(recipe, len(labels))
         if recipe.prior.embed_from_codebook:
             k = recipe.quantizer.num_codes
-            self.model.embed_codebooks([vq.lookup(torch.arange(k)) for vq in codec.model.quantizer.levels])
+            self.model.embed_codebooks(code_vectors(codec))
 
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.labels else None
@@ -234,8 +241,7 @@ class AudioClassifierStage:
         self.recipe, self.codec, self.val, self.labels = recipe, codec, val, labels
         self.levels = recipe.prior.levels
         self.model = build_audio_classifier(recipe, len(labels))
-        self.model.embed_codebooks([vq.lookup(torch.arange(recipe.quantizer.num_codes))
-                                    for vq in codec.model.quantizer.levels])
+        self.model.embed_codebooks(code_vectors(codec))
 
     def loss(self, batch) -> tuple[Tensor, dict[str, float]]:
         codes, labels, _ = batch  # silence padding included: samples are clips with silence too

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqaudio.priors.wavenet import code_vector_rows
+
 
 class CodeClassifier(nn.Module):
     """``forward(codes (B, T, L)) -> logits (B, num_labels)``: the summed embeddings of each
@@ -38,13 +40,9 @@ class CodeClassifier(nn.Module):
         quantized latent, codes that sound alike start alike. D != channels goes through a
         fixed random projection."""
         projection = torch.Generator().manual_seed(0)
-        channels = self.embed.weight.shape[1]
         for level, vectors in enumerate(codebooks[: self.levels]):
-            v = vectors.detach().float().cpu()
-            if v.shape[1] != channels:
-                v = v @ torch.randn(v.shape[1], channels, generator=projection)
             rows = slice(level * self.num_codes, (level + 1) * self.num_codes)
-            self.embed.weight[rows] = (v / v.square().mean().sqrt().clamp_min(1e-12)).to(self.embed.weight)
+            self.embed.weight[rows] = code_vector_rows(vectors, self.embed.weight.shape[1], projection).to(self.embed.weight)
 
     def forward(self, codes: Tensor) -> Tensor:
         if codes.dim() != 3 or codes.shape[-1] != self.levels:

@@ -62,6 +62,16 @@ class GatedLayer(nn.Module):
         return x + res, skip
 
 
+def code_vector_rows(vectors: Tensor, channels: int, projection: torch.Generator) -> Tensor:
+    """A level's code vectors (K, D) as embedding rows (K, channels) at the unit RMS of
+    default N(0, 1) rows; D != channels through a fixed random projection drawn from
+    ``projection`` (which keeps distances roughly: Johnson-Lindenstrauss)."""
+    v = vectors.detach().float().cpu()
+    if v.shape[1] != channels:
+        v = v @ torch.randn(v.shape[1], channels, generator=projection)
+    return v / v.square().mean().sqrt().clamp_min(1e-12)
+
+
 class WaveNetPrior(nn.Module):
     """p(codes) over ``(B, T, L)`` code sequences with ``num_codes`` = K entries per level.
 
@@ -107,10 +117,7 @@ class WaveNetPrior(nn.Module):
         for level, vectors in enumerate(codebooks[: self.levels]):
             if vectors.shape != (self.num_codes, vectors.shape[-1]):
                 raise ValueError(f"level {level}: expected ({self.num_codes}, D) code vectors, got {tuple(vectors.shape)}")
-            v = vectors.detach().float().cpu()
-            if v.shape[1] != self.channels:
-                v = v @ torch.randn(v.shape[1], self.channels, generator=projection)
-            v = v / v.square().mean().sqrt().clamp_min(1e-12)
+            v = code_vector_rows(vectors, self.channels, projection)
             for j in range(level, self.step_levels, self.levels):  # this level in every stacked frame
                 rows = slice(j * self.num_codes, (j + 1) * self.num_codes)
                 self.embed.weight[rows] = v.to(self.embed.weight)
