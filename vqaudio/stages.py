@@ -163,7 +163,6 @@ class AudioPriorStage:
         self.levels = recipe.prior.levels
         self.model = build_audio_prior(recipe, len(labels))
         if recipe.prior.embed_from_codebook:
-            k = recipe.quantizer.num_codes
             self.model.embed_codebooks(code_vectors(codec))
 
     def _labels(self, labels: Tensor) -> Tensor | None:
@@ -211,12 +210,10 @@ class AudioPriorStage:
 @torch.no_grad()
 def prior_bits_per_code(prior, sequences: CodeSequences, conditioned: bool) -> np.ndarray:
     """The prior's NLL in bits per code on whole sequences (real frames only), per level."""
-    longest = max(len(s) for s in sequences.sequences)
     device = next(prior.parameters()).device
     total, frames = np.zeros(prior.levels), 0
-    for start in range(0, len(sequences), 64):
-        index = list(range(start, min(start + 64, len(sequences))))
-        codes, labels, mask = (t.to(device) for t in sequences.batch(index, longest, prior.levels))
+    for batch in sequences.whole_batches(prior.levels):
+        codes, labels, mask = (t.to(device) for t in batch)
         logits = prior(codes, labels if conditioned else None)
         ce = F.cross_entropy(logits.flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
         total += (ce * mask.unsqueeze(-1)).sum((0, 1)).cpu().numpy()
@@ -252,12 +249,10 @@ class AudioClassifierStage:
     @torch.no_grad()
     def validate(self, writer, step: int) -> dict[str, float]:
         """Accuracy and cross-entropy on the validation files, whole."""
-        longest = max(len(q) for q in self.val.sequences)
         device = next(self.model.parameters()).device
         right, loss = 0.0, 0.0
-        for start in range(0, len(self.val), 64):
-            codes, labels, _ = (t.to(device) for t in self.val.batch(
-                list(range(start, min(start + 64, len(self.val)))), longest, self.levels))
+        for batch in self.val.whole_batches(self.levels):
+            codes, labels, _ = (t.to(device) for t in batch)
             logits = self.model(codes)
             right += float((logits.argmax(-1) == labels).sum())
             loss += float(F.cross_entropy(logits, labels, reduction="sum"))

@@ -59,6 +59,13 @@ class CodeSequences:
         return (torch.stack([c for c, _ in crops]), torch.from_numpy(self.labels[index]),
                 torch.stack([m for _, m in crops]))
 
+    def whole_batches(self, levels: int, size: int = 64):
+        """Every sequence whole, ``size`` at a time: ``batch`` padded to the longest sequence
+        (the mask marks the real frames), for validation."""
+        longest = max(len(s) for s in self.sequences)
+        for start in range(0, len(self), size):
+            yield self.batch(list(range(start, min(start + size, len(self)))), longest, levels)
+
     def all_codes(self, levels: int) -> np.ndarray:
         return np.concatenate([s[:, :levels] for s in self.sequences])
 
