@@ -117,7 +117,7 @@ def test_recipes_saved_before_prior_data_still_load_and_resume():
     import json
 
     from vqaudio.build import load_audio_prior
-    from vqaudio.train import recipe_differences
+    from vqaudio.run_checkpoints import recipe_differences
 
     pretrained = ROOT / "vqaudio" / "pretrained" / "speech" / "prior"
     stored = json.loads((pretrained / "config.json").read_text())["recipe"]
