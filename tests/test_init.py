@@ -66,6 +66,19 @@ def test_a_prior_that_does_not_fit_trains_from_scratch(base, tmp_path, capsys):
             "(") in err and "has shape" in err
 
 
+def test_a_misfit_prior_under_stage_prior_is_one_error_line_and_writes_nothing(base, tmp_path):
+    """--stage prior trains the prior alone, so its --init weights are the point: a prior of
+    another shape is refused, naming the first tensor that differs."""
+    out = tmp_path / "ft"
+    shutil.copytree(base / "vqvae", out / "vqvae")  # the run's own codec, whose codes the prior reads
+    p = vqaudio("train", SMOKE, "--stage", "prior", "--out", out, "--init", base,
+                "--set", "prior.channels=8", check=False)
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [p.stderr.strip()] and p.stderr.startswith(f"error: --init {base / 'prior'}: ")
+    assert "has shape" in p.stderr and "in this recipe; fine-tune with the recipe" in p.stderr
+    assert not (out / "tb").exists() and not (out / "prior").exists()
+
+
 def test_an_unlabelled_prior_starts_a_labelled_one_with_zero_label_embeddings(base, tmp_path, capsys):
     """An unconditional prior (such as the entropy prior, trained on many more codes) starts the
     digit prior: every other weight comes from it, the label embeddings start at zero, so the

@@ -23,10 +23,13 @@ REFIT = "fine-tune with the recipe the model was trained with (its config.json h
 
 @dataclass
 class InitModels:
-    """The model folders ``--init`` names: the VQ-VAE's and the prior's (None when absent)."""
+    """The model folders ``--init`` names: the VQ-VAE's and the prior's (None when absent).
+    ``prior_asked``: only the prior is trained (--stage prior), so its weights are what --init
+    is for and a prior that does not fit is an error, not a fresh start."""
     given: Path
     vqvae: Path | None
     prior: Path | None
+    prior_asked: bool = False
 
 
 def init_models(init: str | Path, recipe: Recipe | ImageRecipe, stage: str = "all") -> InitModels:
@@ -37,13 +40,14 @@ def init_models(init: str | Path, recipe: Recipe | ImageRecipe, stage: str = "al
     path = Path(init)
     if (path / "vqvae" / CONFIG).is_file():
         prior = path / "prior"
-        found = InitModels(path, path / "vqvae", prior if (prior / CONFIG).is_file() else None)
+        found = InitModels(path, path / "vqvae", prior if (prior / CONFIG).is_file() else None, stage == "prior")
     else:
         try:
             kind = str(read_config(path)["kind"])
         except VqaudioError as e:
             raise VqaudioError(f"--init: {e}") from None
-        found = InitModels(path, path if kind.endswith("-vqvae") else None, path if kind.endswith("-prior") else None)
+        found = InitModels(path, path if kind.endswith("-vqvae") else None, path if kind.endswith("-prior") else None,
+                           stage == "prior")
     for folder, role in ((found.vqvae, "vqvae"), (found.prior, "prior")):
         if folder is None:
             continue
@@ -120,7 +124,8 @@ def load_init(stage, init: InitModels) -> None:
     "classifier" always trains from scratch) into
     ``stage.model``. A VQ-VAE that does not fit the recipe is an error; an unlabelled prior
     starts a labelled one of its shape; a prior that does not fit (other levels, codebook size,
-    labels or shape) is left to train from scratch. Says which in one line."""
+    labels or shape) is an error under --stage prior, and otherwise (the codec fine-tuned on
+    data with other labels) left to train from scratch. Says which in one line."""
     folder = {"vqvae": init.vqvae, "prior": init.prior}.get(stage.name)  # a classifier starts afresh
     if folder is None:
         say(f"{stage.name}: training from scratch: --init {init.given} has no {stage.name}")
@@ -149,7 +154,7 @@ def load_init(stage, init: InitModels) -> None:
         if list(theirs) != list(stage.labels):
             why = f"its labels {theirs} differ from this recipe's {stage.labels}"
     if why is not None:
-        if stage.name == "vqvae":
+        if stage.name == "vqvae" or init.prior_asked:
             raise VqaudioError(f"--init {folder}: {why}; {REFIT}")
         say(f"{stage.name}: training from scratch: --init {folder} does not fit this recipe ({why})")
         return
