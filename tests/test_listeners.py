@@ -15,7 +15,8 @@ import torch
 from vqaudio import listeners
 from vqaudio.errors import VqaudioError
 
-FSDD = Path(__file__).parents[1] / "data" / "fsdd"
+ROOT = Path(__file__).parents[1]
+FSDD = ROOT / "data" / "fsdd"
 # Recognised as their digit with every lead-in from 0 to 1 s (checked by hand), two speakers.
 RECOGNISED = ["0_theo_0.wav", "1_yweweler_0.wav", "2_yweweler_0.wav", "3_yweweler_0.wav",
               "7_yweweler_1.wav", "8_theo_0.wav", "9_theo_0.wav"]
@@ -113,6 +114,24 @@ def test_missing_eval_extra_is_one_clear_line(no_eval_extra):
     with pytest.raises(VqaudioError, match="^DNSMOS needs the eval extra: pip install 'vqaudio.eval.'$"):
         evaluate_paths([FSDD / "0_theo_0.wav"], None, None, None)
     assert "dnsmos_ovrl" not in evaluate_paths([FSDD / "0_theo_0.wav"], None, None, 1, listeners=False)
+
+
+HIDE_EVAL_EXTRA = ("import sys, runpy\n"
+                   "for m in ('speechmos', 'speechmos.dnsmos', 'pocketsphinx'): sys.modules[m] = None\n")
+
+
+@pytest.mark.parametrize("command", [
+    f"sys.argv = ['vqaudio', 'eval', {str(FSDD / '0_theo_0.wav')!r}, '--levels', '1']\n"
+    "runpy.run_module('vqaudio', run_name='__main__')",
+    f"sys.argv = ['codec_quality.py', '--threads', '1', '--levels', '1', '--no-baselines', '--max-files', '1']\n"
+    f"runpy.run_path({str(ROOT / 'bench' / 'codec_quality.py')!r}, run_name='__main__')",
+], ids=["vqaudio eval", "bench/codec_quality.py"])
+def test_a_command_without_the_eval_extra_says_so_in_one_line(command):
+    """Both commands that listen, run as a user runs them, with the extra's modules unimportable."""
+    p = subprocess.run([sys.executable, "-c", HIDE_EVAL_EXTRA + command], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, cwd=ROOT)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr == "error: DNSMOS needs the eval extra: pip install 'vqaudio[eval]'\n"
 
 
 def vqaudio(*args):
