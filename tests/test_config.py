@@ -19,6 +19,25 @@ def test_every_shipped_recipe_loads(path):
             assert r.resolve(folder).is_dir()
 
 
+def test_the_pretrained_codecs_validation_speakers_are_never_trained_on():
+    """speech-large's split (the one the pretrained codec's figures come from) is by speaker:
+    no voice is in both halves, and the validation half has voices of all three corpora."""
+    from vqaudio.stages import audio_splits
+
+    def speaker(path: Path) -> str:  # FSDD {digit}_{speaker}_{i}.wav, LibriSpeech {speaker}-..., speechocean762 {speaker}_...
+        if path.suffix == ".wav":
+            return "fsdd:" + path.name.split("_")[1]
+        return path.parent.name + ":" + path.name.split("-" if "-" in path.name else "_")[0]
+
+    train, val = audio_splits(load_recipe(Path(__file__).parents[1] / "recipes" / "speech-large.toml"))
+    heard, held_out = {speaker(p) for p in train}, {speaker(p) for p in val}
+    assert not heard & held_out
+    assert "fsdd:yweweler" in held_out
+    corpora = {s.split(":")[0] for s in held_out}
+    assert corpora == {"fsdd", "librispeech", "speechocean762"}
+    assert len(held_out) >= 50 and len(heard) >= 450
+
+
 @pytest.mark.parametrize("name", ["speech", "speech-large", "kmnist"])
 def test_default_recipes_name_every_setting(name):
     import tomllib
