@@ -40,14 +40,14 @@ def init_models(init: str | Path, recipe: Recipe | ImageRecipe, stage: str = "al
     path = Path(init)
     if (path / "vqvae" / CONFIG).is_file():
         prior = path / "prior"
-        found = InitModels(path, path / "vqvae", prior if (prior / CONFIG).is_file() else None, stage == "prior")
+        found = InitModels(path, path / "vqvae", prior if (prior / CONFIG).is_file() else None)
     else:
         try:
             kind = str(read_config(path)["kind"])
         except VqaudioError as e:
             raise VqaudioError(f"--init: {e}") from None
-        found = InitModels(path, path if kind.endswith("-vqvae") else None, path if kind.endswith("-prior") else None,
-                           stage == "prior")
+        found = InitModels(path, path if kind.endswith("-vqvae") else None, path if kind.endswith("-prior") else None)
+    found.prior_asked = stage == "prior"
     for folder, role in ((found.vqvae, "vqvae"), (found.prior, "prior")):
         if folder is None:
             continue
