@@ -21,8 +21,10 @@ Run by hand (not a test):
     each digit (seeds 0 … per-label - 1, as ``vqaudio sample --num N --label d`` makes them),
     the share PocketSphinx recognises as the digit asked for, the share it recognises as any
     digit, and DNSMOS P.835 OVRL; beside the same for ``--real-files`` of the prior's validation
-    recordings and for their resynthesis by the codec at the prior's bitrate. One row per prior
-    (``--model`` then ``--compare``) and sampling setting (``--controls``): the ablation table.
+    recordings and for their resynthesis by the codec at the prior's bitrate, each at its own
+    length and framed in silence as the samples are (DNSMOS rates a clip by how much of it is
+    speech, so the framed rows are the like-for-like ceiling). One row per prior (``--model``
+    then ``--compare``) and sampling setting (``--controls``): the ablation table.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def speed(codec, prior, prior_dir, config, args) -> None:
         return reference_sample(sequence_logits_fn(prior, labels, controls.guidance), (frames, prior.levels), 1, controls)
 
     def cached_and_decode():  # what `vqaudio sample` does: best of prior.candidates, then decode
-        return codec.decode(draw_codes(prior, 1, frames, controls, labels, classifier)[0].numpy(), length)
+        return codec.decode(draw_codes(prior, 1, frames, controls, labels, classifier)[0].numpy(), length,
+                            smoothing=controls.smoothing)
 
     for fn in (cached, reference, cached_and_decode):  # warm-up
         fn()
@@ -204,20 +207,31 @@ def listen(clips: list[np.ndarray], asked: list[int | None], sample_rate: int) -
             "some": float(np.mean(some)), "heard": heard}
 
 
-def real_rows(codec, config, limit: int) -> dict[str, dict[str, float]]:
+def real_rows(codec, config, limit: int, seconds: float, pad_seconds: float) -> dict[str, dict[str, float]]:
     """The ceiling the samples are judged against: ``limit`` of the prior's validation digits
     (spread evenly over the sorted list: every speaker and digit) as recorded, and
-    resynthesised by the codec at the prior's levels (its bitrate)."""
+    resynthesised by the codec at the prior's levels (its bitrate). Each both at its own length
+    and framed as the samples are: ``pad_seconds`` of silence before it (what the prior learnt
+    to draw), then silence to ``seconds`` in all, coded framed. DNSMOS scores the share of a
+    clip that is speech (a 0.5-s word alone scores about 0.2 higher than the same word in 2 s),
+    so only the framed rows compare like with like."""
     from vqaudio.audio_io import read_audio
     from vqaudio.listeners import digit_label
 
     files = validation_digits(config)
-    files = files[:: max(1, len(files) // limit)][:limit]
+    files = [files[i] for i in np.linspace(0, len(files) - 1, min(limit, len(files))).round().astype(int)]
     originals = [read_audio(f, codec.sample_rate)[0] for f in files]
-    resynth = [np.clip(codec.resynth(x, config["levels"]), -1, 1) for x in originals]
+    length, lead = round(seconds * codec.sample_rate), round(pad_seconds * codec.sample_rate)
+    framed = [np.pad(x[: length - lead], (lead, max(0, length - lead - len(x)))) for x in originals]
     labels = [digit_label(f) for f in files]
-    return {f"real recordings ({len(files)} validation digits)": listen(originals, labels, codec.sample_rate),
-            f"their resynthesis at {config['bitrate_bps'] / 1000:.3g} kb/s": listen(resynth, labels, codec.sample_rate)}
+    rate = f"{config['bitrate_bps'] / 1000:.3g} kb/s"
+    rows = {}
+    for frame, clips in ((f"{len(files)} validation digits", originals),
+                         (f"the same, {pad_seconds:g} s into {seconds:g} s of silence", framed)):
+        rows[f"real recordings ({frame})"] = listen(clips, labels, codec.sample_rate)
+        resynth = [np.clip(codec.resynth(x, config["levels"]), -1, 1) for x in clips]
+        rows[f"their resynthesis at {rate} ({frame})"] = listen(resynth, labels, codec.sample_rate)
+    return rows
 
 
 def sample_row(codec, prior, config, controls, per_label: int, seconds: float, classifier=None) -> dict[str, float]:
@@ -234,21 +248,22 @@ def sample_row(codec, prior, config, controls, per_label: int, seconds: float, c
         n = per_label if vocab else 10 * per_label
         ids = torch.full((n,), vocab.index(label), dtype=torch.long) if vocab else None
         codes = draw_codes(prior, n, frames, controls, ids, classifier)
-        clips += [np.clip(codec.decode(c.numpy(), length), -1, 1) for c in codes]
+        clips += [np.clip(codec.decode(c.numpy(), length, smoothing=controls.smoothing), -1, 1) for c in codes]
         asked += [int(label) if label is not None and label.isdigit() else None] * n
     return listen(clips, asked, codec.sample_rate)
 
 
 def parse_controls(text: str):
-    """"t=0.8,k=50,p=0.9,g=3,n=4" -> Controls (t temperature, k top-k, p top-p, g guidance,
-    n candidates; unnamed keep the defaults, guidance and candidates the prior's own)."""
+    """"t=0.8,k=50,p=0.9,g=3,n=4,s=5" -> Controls (t temperature, k top-k, p top-p, g guidance,
+    n candidates, s smoothing; unnamed keep the defaults, guidance, candidates and smoothing the
+    prior's own)."""
     from vqaudio.priors.sampling import Controls
 
-    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance", "n": "candidates"}
+    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance", "n": "candidates", "s": "smoothing"}
     kwargs = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        kwargs[names[key.strip()]] = (int if key.strip() in "kn" else float)(value)
+        kwargs[names[key.strip()]] = (int if key.strip() in "kns" else float)(value)
     return Controls(**kwargs)
 
 
@@ -273,7 +288,8 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
         name = f"{model or 'pretrained'}"
         if real_files and codec.config["model_id"] not in seen_codecs:  # 0: samples only
             seen_codecs.add(codec.config["model_id"])
-            for row, r in real_rows(codec, config, real_files).items():
+            pad_seconds = prior_validation_files(config)[0].prior.pad_seconds
+            for row, r in real_rows(codec, config, real_files, seconds, pad_seconds).items():
                 print(f"| {row} | | {r['n']} | {r['asked']:.0%} | {r['some']:.0%} | {r['ovrl']:.2f} |", flush=True)
                 heard.append((row, r["heard"]))
         for text in controls_list:
@@ -281,7 +297,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             controls = with_prior_defaults(parse_controls(text), config)
             if not text:
                 text = (f"defaults (guidance {controls.guidance:g}, temperature {controls.temperature:g}, "
-                        f"best of {controls.candidates})")
+                        f"best of {controls.candidates}, smoothing {controls.smoothing})")
             r = sample_row(codec, prior, config, controls, per_label, seconds, classifier)
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"

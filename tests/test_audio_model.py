@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,3 +159,43 @@ def test_postfilter_max_levels_leaves_finer_codes_alone():
             same = torch.equal(plain.decode(codes[..., :levels]), filtered.decode(codes[..., :levels]))
             assert same == (levels > 2), levels
             assert torch.equal(plain(x, levels).x_hat, filtered(x, levels).x_hat) == (levels > 2), levels
+
+
+def test_smoothing_is_a_normalised_hann_low_pass_over_frames():
+    """``smooth_latent``: 1 frame is the identity, a constant latent passes unchanged (the
+    window sums to 1), an impulse comes out as the window (Hann of frames + 2 points without its
+    zero ends), the ends are repeated outwards; an even count is refused."""
+    from vqaudio.codec import smooth_latent
+
+    z = torch.randn(2, 3, 20)
+    assert torch.equal(smooth_latent(z, 1), z)
+    assert_close(smooth_latent(torch.full((1, 2, 9), 0.7), 5), torch.full((1, 2, 9), 0.7))
+    impulse = torch.zeros(1, 1, 11)
+    impulse[0, 0, 5] = 1.0
+    window = torch.tensor([1.0, 3.0, 4.0, 3.0, 1.0]) / 12  # hann(7) = [0, .25, .75, 1, .75, .25, 0]
+    assert_close(smooth_latent(impulse, 5)[0, 0, 3:8], window)
+    assert float(smooth_latent(impulse, 5)[0, 0, :3].abs().sum()) == 0.0
+    edge = torch.zeros(1, 1, 6)
+    edge[0, 0, 0] = 1.0  # the first frame repeated twice outwards: 1/12 + 3/12 + 4/12 there
+    assert_close(smooth_latent(edge, 5)[0, 0, 0], torch.tensor(8 / 12))
+    with pytest.raises(ValueError, match="odd number of frames"):
+        smooth_latent(z, 4)
+
+
+def test_codec_decode_smooths_the_latent_the_same_in_chunks():
+    """``Codec.decode(..., smoothing=N)`` is the decoder applied to the low-passed latent, and
+    the same when the codes run over several chunks; smoothing 1 is the plain decode."""
+    from vqaudio.codec import load_codec, smooth_latent
+
+    codec = load_codec(None)  # the pretrained model: chunks of 10 s
+    frames = round(23.0 * codec.sample_rate / codec.hop)  # three chunks
+    codes = torch.randint(0, codec.config["num_codes"], (frames, 2), generator=torch.Generator().manual_seed(0))
+    length = frames * codec.hop
+    with torch.no_grad():
+        z = codec.model.quantizer.lookup(codes[None]).movedim(-1, 1)
+        whole = codec.model._decode(smooth_latent(z, 5), codes[None])[0, 0, :length].numpy()
+        plain = codec.model._decode(z, codes[None])[0, 0, :length].numpy()
+    smoothed = codec.decode(codes.numpy(), length, smoothing=5)
+    np.testing.assert_allclose(smoothed, whole, atol=2e-4)
+    np.testing.assert_allclose(codec.decode(codes.numpy(), length), plain, atol=2e-4)
+    assert np.abs(smoothed - plain).max() > 0.01  # it changes the sound

@@ -257,6 +257,19 @@ def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
     vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "-o", again, "--label", "3", "--seed", "6",
             "--top-k", "8", "--temperature", "0.9")
     np.testing.assert_array_equal(sf.read(again)[0], waves[2])  # clip i of seed S = clip of seed S+i
+    # --smoothing 3: the same codes, their latent low-passed before decoding
+    vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "-o", again, "--label", "3", "--seed", "4",
+            "--top-k", "8", "--temperature", "0.9", "--smoothing", "3")
+    import torch
+
+    from vqaudio.generate import generate_clips, load_audio_run
+    from vqaudio.priors.sampling import Controls, with_prior_defaults
+
+    codec, prior, config = load_audio_run(run_dir / "vqvae", run_dir / "prior")
+    controls = with_prior_defaults(Controls(seed=4, top_k=8, temperature=0.9, smoothing=3), config)
+    expected = generate_clips(codec, prior, config, 0.77, 1, controls, torch.tensor([3]))[0]
+    np.testing.assert_allclose(sf.read(again)[0], expected, atol=1e-4)
+    assert np.abs(expected - waves[0]).max() > 1e-3
     vqaudio("sample", "--model", run_dir / "prior", "-o", tmp_path / "one.wav", "--seconds", "0.5")
     assert sf.info(tmp_path / "one.wav").frames == 4000
 
@@ -288,7 +301,7 @@ def test_classifier_stage_then_best_of_n_keeps_one_of_its_candidates(run_dir, tm
 
 @pytest.mark.parametrize("case", ["no_prior", "unknown_label", "zero_seconds", "negative_seconds",
                                   "missing_model", "bad_top_p", "missing_folder", "not_wav", "bad_guidance",
-                                  "unguidable", "no_candidates", "no_classifier"])
+                                  "unguidable", "no_candidates", "no_classifier", "even_smoothing"])
 def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     import shutil
 
@@ -298,7 +311,8 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
             "missing_model": ["--model", tmp_path / "nowhere"], "bad_top_p": ["--top-p", "1.5"],
             "missing_folder": ["-o", tmp_path / "no" / "s.wav"], "not_wav": ["-o", tmp_path / "s.mp3"],
             "bad_guidance": ["--guidance", "-1"], "unguidable": ["--guidance", "2", "--label", "3"],
-            "no_candidates": ["--candidates", "0"], "no_classifier": ["--candidates", "2", "--label", "3"]}[case]
+            "no_candidates": ["--candidates", "0"], "no_classifier": ["--candidates", "2", "--label", "3"],
+            "even_smoothing": ["--smoothing", "4"]}[case]
     if case == "no_prior":
         shutil.copytree(run_dir / "vqvae", tmp_path / "run" / "vqvae")
         args = ["--model", tmp_path / "run"]
@@ -316,7 +330,8 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
                 "missing_folder": "does not exist", "not_wav": "ending in .wav",
                 "bad_guidance": "--guidance must be 0 or more", "unguidable": "trained without prior.label_dropout",
                 "no_candidates": "--candidates must be 1 or more",
-                "no_classifier": "needs the code classifier that ranks the candidates"}[case]
+                "no_classifier": "needs the code classifier that ranks the candidates",
+                "even_smoothing": "--smoothing must be an odd number of frames"}[case]
     assert expected in lines[0]
     assert sorted(tmp_path.rglob("*")) == before
 

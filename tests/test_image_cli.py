@@ -84,7 +84,7 @@ def test_plain_autoencoder_baseline_trains_without_a_prior(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["wrong_size", "rgb", "not_an_image", "missing", "sample_wav_name",
-                                  "candidates"])
+                                  "candidates", "smoothing"])
 def test_bad_image_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     if case == "wrong_size":
         args = ["resynth", glyph(tmp_path / "g.png", size=32)]
@@ -99,6 +99,8 @@ def test_bad_image_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case
         args = ["resynth", tmp_path / "nope.png"]
     elif case == "candidates":  # best of N is for audio priors
         args = ["sample", "--candidates", "2", "-o", tmp_path / "s.png"]
+    elif case == "smoothing":  # smoothing over time is for audio priors
+        args = ["sample", "--smoothing", "3", "-o", tmp_path / "s.png"]
     else:
         args = ["sample", "-o", tmp_path / "s.wav"]
     before = sorted(tmp_path.rglob("*"))

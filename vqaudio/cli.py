@@ -182,6 +182,9 @@ def sample(
     candidates: Annotated[Optional[int], typer.Option(
         "--candidates", help="Draw N per clip and keep the one the run's code classifier finds most "
                              "likely the label (1 = plain draw; default: the prior's prior.candidates).")] = None,
+    smoothing: Annotated[Optional[int], typer.Option(
+        "--smoothing", help="Low-pass the drawn codes' latent over this many frames (odd) before "
+                            "decoding: steadier voices (1 = off; default: the prior's prior.smoothing).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Instead of -o: write a listening report to this new folder, --num clips "
@@ -197,7 +200,7 @@ def sample(
         from vqaudio.priors.sampling import Controls
 
         controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, guidance=guidance,
-                            candidates=candidates)
+                            candidates=candidates, smoothing=smoothing)
         if report is not None:
             from vqaudio.report import sample_report
 

@@ -141,6 +141,9 @@ class PriorConfig:
     # vqaudio sample's default --candidates: draw this many per clip and keep the one the code
     # classifier (--stage classifier) finds most likely the label asked (needs conditional).
     candidates: int = 1
+    # vqaudio sample's default --smoothing: low-pass the drawn latent over this many frames
+    # (odd; 1 = off) before decoding, for steadier voices (codec.smooth_latent).
+    smoothing: int = 1
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding
     # Speed perturbation of the prior's training files (validation files stay as they are):
@@ -475,6 +478,8 @@ def validate(r: Recipe | ImageRecipe) -> None:
     if r.prior.candidates > 1 and not r.prior.conditional:
         raise bad("prior.candidates", "keeps the candidate most clearly its label, so it needs a "
                   "label-conditioned prior: set prior.conditional = true or prior.candidates = 1")
+    if r.prior.smoothing < 1 or r.prior.smoothing % 2 == 0:
+        raise bad("prior.smoothing", f"must be an odd number of frames (1 = off, e.g. 5), got {r.prior.smoothing}")
     if r.prior.sequence_frames < 2:
         raise bad("prior.sequence_frames", f"must be at least 2, got {r.prior.sequence_frames}")
     if not r.prior.train_speeds or not all(0.5 <= s <= 2 for s in r.prior.train_speeds):

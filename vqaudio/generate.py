@@ -62,6 +62,9 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
         if controls.candidates != 1:
             raise VqaudioError(f"--candidates {controls.candidates}: best of N serves audio priors only; "
                                "leave out --candidates for an image model")
+        if controls.smoothing != 1:
+            raise VqaudioError(f"--smoothing {controls.smoothing}: smooths audio over time, for audio priors "
+                               "only; leave out --smoothing for an image model")
 
         output = output or Path("samples.png")
         check_output_path(output, f"-o {output}")
@@ -133,7 +136,7 @@ def generate_clips(codec, prior, config: dict, seconds: float, num: int, control
     bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
     codes = draw_codes(prior, num, frames, controls, labels, classifier, progress=lambda t: bar.update(t - bar.n))
     bar.close()
-    return [np.clip(codec.decode(c.numpy(), length), -1.0, 1.0) for c in codes]
+    return [np.clip(codec.decode(c.numpy(), length, smoothing=controls.smoothing or 1), -1.0, 1.0) for c in codes]
 
 
 def draw_codes(prior, num: int, frames: int, controls: Controls, labels: torch.Tensor | None,

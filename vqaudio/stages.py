@@ -185,7 +185,8 @@ class AudioPriorStage:
         }
         for k, v in metrics.items():
             writer.add_scalar(f"{self.name}/val/{k}", v, step)
-        controls = Controls(seed=step, guidance=self.recipe.prior.guidance, temperature=self.recipe.prior.temperature)
+        controls = Controls(seed=step, guidance=self.recipe.prior.guidance, temperature=self.recipe.prior.temperature,
+                            smoothing=self.recipe.prior.smoothing)
         for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, controls)):
             tag = f"label_{self.labels[i % len(self.labels)]}" if self.labels else str(i)
             wav = np.clip(wav, -1, 1)
@@ -201,7 +202,7 @@ class AudioPriorStage:
         frames = math.ceil(seconds * self.codec.config["frames_per_second"])
         codes = self.model.generate(num, frames, controls, labels).cpu()
         length = round(seconds * self.codec.sample_rate)
-        return [self.codec.decode(c.numpy(), length) for c in codes]
+        return [self.codec.decode(c.numpy(), length, smoothing=controls.smoothing or 1) for c in codes]
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
         save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels), extra)

@@ -69,7 +69,10 @@ class VQVAE(nn.Module):
         """Codes for ``x``: (B, *S) or (B, *S, levels)."""
         return self.quantize(x, levels).codes
 
-    def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
-        """Reconstruction from codes; ``length`` crops audio back to its original samples."""
-        x_hat = self._decode(self.quantizer.lookup(codes).movedim(-1, 1), codes)
+    def decode(self, codes: Tensor, length: int | None = None, latent_filter=None) -> Tensor:
+        """Reconstruction from codes; ``length`` crops audio back to its original samples.
+        ``latent_filter`` maps the codes' latent (B, D, *S) before the decoder (the audio
+        path's sample smoothing, ``codec.smooth_latent``)."""
+        z_q = self.quantizer.lookup(codes).movedim(-1, 1)
+        x_hat = self._decode(z_q if latent_filter is None else latent_filter(z_q), codes)
         return x_hat if length is None else x_hat[..., :length]

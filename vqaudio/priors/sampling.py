@@ -37,6 +37,10 @@ class Controls:
     # likely its label (``pick_clearest``). 1 = the plain draw; None = the prior's own
     # default (prior.candidates of its recipe; 1 where it has none).
     candidates: int | None = None
+    # Sample smoothing: the drawn clip's latent low-passed over this many frames (odd) before
+    # the decoder (``codec.smooth_latent``; steadier voices, DNSMOS up). 1 = off; None = the
+    # prior's own default (prior.smoothing of its recipe; 1 where it has none).
+    smoothing: int | None = None
 
     @property
     def guided(self) -> bool:
@@ -57,6 +61,8 @@ class Controls:
             raise VqaudioError(f"--guidance must be 0 or more, got {self.guidance}")
         if self.candidates is not None and self.candidates < 1:
             raise VqaudioError(f"--candidates must be 1 or more, got {self.candidates}")
+        if self.smoothing is not None and (self.smoothing < 1 or self.smoothing % 2 == 0):
+            raise VqaudioError(f"--smoothing must be an odd number of frames (1 = off, e.g. 5), got {self.smoothing}")
         return self
 
 
@@ -75,15 +81,16 @@ def drop_labels(labels: Tensor, rate: float, null: int) -> Tensor:
 
 
 def with_prior_defaults(controls: Controls, prior_config: dict) -> Controls:
-    """``controls`` with guidance, temperature and candidates left as None replaced by the
-    prior's own defaults: ``prior.guidance``, ``prior.temperature`` and ``prior.candidates`` of
-    the recipe it was trained with (1 each, plain conditioning at full temperature, one draw,
-    for priors saved before they existed)."""
+    """``controls`` with guidance, temperature, candidates and smoothing left as None replaced
+    by the prior's own defaults: ``prior.guidance``, ``prior.temperature``, ``prior.candidates``
+    and ``prior.smoothing`` of the recipe it was trained with (1 each, plain conditioning at
+    full temperature, one draw, no smoothing, for priors saved before they existed)."""
     p = prior_config["recipe"]["prior"]
     return replace(controls,
                    guidance=float(p.get("guidance", 1.0)) if controls.guidance is None else controls.guidance,
                    temperature=float(p.get("temperature", 1.0)) if controls.temperature is None else controls.temperature,
-                   candidates=int(p.get("candidates", 1)) if controls.candidates is None else controls.candidates)
+                   candidates=int(p.get("candidates", 1)) if controls.candidates is None else controls.candidates,
+                   smoothing=int(p.get("smoothing", 1)) if controls.smoothing is None else controls.smoothing)
 
 
 # Candidate j of the clip whose noise is seeded s draws from seed s + j·1,000,003: candidate 0
