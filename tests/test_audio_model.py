@@ -182,10 +182,22 @@ def test_smoothing_is_a_normalised_hann_low_pass_over_frames():
         smooth_latent(z, 4)
 
 
-def test_codec_decode_smooths_the_latent_the_same_in_chunks():
-    """``Codec.decode(..., smoothing=N)`` is the decoder applied to the low-passed latent, and
-    the same when the codes run over several chunks; smoothing 1 is the plain decode."""
-    from vqaudio.codec import load_codec, smooth_latent
+def test_band_below_keeps_low_tones_and_removes_high_ones():
+    from vqaudio.codec import band_below
+
+    t = torch.arange(8000) / 8000
+    low, high = torch.sin(2 * torch.pi * 300 * t), torch.sin(2 * torch.pi * 2000 * t)
+    out = band_below(low + high, 1000.0, 8000)
+    middle = slice(100, -100)  # away from the zeros beyond the ends
+    assert_close(out[middle], low[middle], atol=0.01, rtol=0)
+    assert_close(band_below(torch.ones(400), 1000.0, 8000)[60:-60], torch.ones(280))  # unit gain at 0 Hz
+
+
+def test_codec_decode_smooths_the_low_band_the_same_in_chunks():
+    """``Codec.decode(..., smoothing=N)``: below 1 kHz the decoder applied to the low-passed
+    latent, above it the plain decode; the same when the codes run over several chunks;
+    smoothing 1 is the plain decode."""
+    from vqaudio.codec import SMOOTHED_BELOW_HZ, band_below, load_codec, smooth_latent
 
     codec = load_codec(None)  # the pretrained model: chunks of 10 s
     frames = round(23.0 * codec.sample_rate / codec.hop)  # three chunks
@@ -193,9 +205,14 @@ def test_codec_decode_smooths_the_latent_the_same_in_chunks():
     length = frames * codec.hop
     with torch.no_grad():
         z = codec.model.quantizer.lookup(codes[None]).movedim(-1, 1)
-        whole = codec.model._decode(smooth_latent(z, 5), codes[None])[0, 0, :length].numpy()
-        plain = codec.model._decode(z, codes[None])[0, 0, :length].numpy()
-    smoothed = codec.decode(codes.numpy(), length, smoothing=5)
-    np.testing.assert_allclose(smoothed, whole, atol=2e-4)
-    np.testing.assert_allclose(codec.decode(codes.numpy(), length), plain, atol=2e-4)
-    assert np.abs(smoothed - plain).max() > 0.01  # it changes the sound
+        plain = codec.model._decode(z, codes[None])[0, 0, :length]
+        smoothed = codec.model._decode(smooth_latent(z, 5), codes[None])[0, 0, :length]
+    expected = plain + band_below(smoothed - plain, SMOOTHED_BELOW_HZ, codec.sample_rate)
+    out = codec.decode(codes.numpy(), length, smoothing=5)
+    np.testing.assert_allclose(out, expected.numpy(), atol=2e-4)
+    np.testing.assert_allclose(codec.decode(codes.numpy(), length), plain.numpy(), atol=2e-4)
+    change = torch.from_numpy(out) - plain
+    assert change.abs().max() > 0.01  # it changes the sound ...
+    spectrum = torch.fft.rfft(change).abs() ** 2
+    hz = torch.fft.rfftfreq(length, 1 / codec.sample_rate)
+    assert spectrum[hz > 1500].sum() < 1e-3 * spectrum[hz < 1000].sum()  # ... below 1 kHz only

@@ -257,7 +257,7 @@ def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
     vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "-o", again, "--label", "3", "--seed", "6",
             "--top-k", "8", "--temperature", "0.9")
     np.testing.assert_array_equal(sf.read(again)[0], waves[2])  # clip i of seed S = clip of seed S+i
-    # --smoothing 3: the same codes, their latent low-passed before decoding
+    # --smoothing 3: the same codes, their low band decoded from the latent low-passed
     vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "-o", again, "--label", "3", "--seed", "4",
             "--top-k", "8", "--temperature", "0.9", "--smoothing", "3")
     import torch
@@ -269,7 +269,7 @@ def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
     controls = with_prior_defaults(Controls(seed=4, top_k=8, temperature=0.9, smoothing=3), config)
     expected = generate_clips(codec, prior, config, 0.77, 1, controls, torch.tensor([3]))[0]
     np.testing.assert_allclose(sf.read(again)[0], expected, atol=1e-4)
-    assert np.abs(expected - waves[0]).max() > 1e-3
+    assert np.abs(expected - waves[0]).max() > 3e-4  # more than the 16-bit rounding allclose forgives
     vqaudio("sample", "--model", run_dir / "prior", "-o", tmp_path / "one.wav", "--seconds", "0.5")
     assert sf.info(tmp_path / "one.wav").frames == 4000
 

@@ -183,8 +183,8 @@ def sample(
         "--candidates", help="Draw N per clip and keep the one the run's code classifier finds most "
                              "likely the label (1 = plain draw; default: the prior's prior.candidates).")] = None,
     smoothing: Annotated[Optional[int], typer.Option(
-        "--smoothing", help="Low-pass the drawn codes' latent over this many frames (odd) before "
-                            "decoding: steadier voices (1 = off; default: the prior's prior.smoothing).")] = None,
+        "--smoothing", help="Below 1 kHz, decode the drawn codes' latent low-passed over this many "
+                            "frames (odd): steadier voices (1 = off; default: the prior's prior.smoothing).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Instead of -o: write a listening report to this new folder, --num clips "

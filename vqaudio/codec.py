@@ -28,6 +28,10 @@ from vqaudio.vqvae import VQVAE
 
 CHUNK_SECONDS = 10.0
 CONTEXT_SECONDS = 0.5
+# decode(smoothing=N) keeps the smoothed decode below this and the plain one above: the first
+# kilohertz holds the harmonics whose steadiness DNSMOS hears, the bands above the bursts and
+# fricatives that tell the words apart (bench/RESULTS.md, twentieth session).
+SMOOTHED_BELOW_HZ = 1000.0
 PRETRAINED = Path(__file__).parent / "pretrained" / "speech"
 
 
@@ -109,26 +113,34 @@ class Codec:
     @torch.no_grad()
     def decode(self, codes: np.ndarray, length: int, gain: float = 1.0, smoothing: int = 1) -> np.ndarray:
         """Waveform of ``length`` samples; ``gain`` is the one the codes were encoded with.
-        ``smoothing`` > 1 low-passes the latent over that many frames first (``smooth_latent``:
-        for codes a prior drew, never for an encoder's)."""
+        ``smoothing`` > 1 (for codes a prior drew, never for an encoder's): below
+        ``SMOOTHED_BELOW_HZ`` the decode of the latent low-passed over that many frames
+        (``smooth_latent``), above it the plain decode."""
         c = torch.from_numpy(np.asarray(codes, dtype=np.int64))
         chunk, context = self.chunk_samples()
-        smooth = None if smoothing == 1 else functools.partial(smooth_latent, frames=smoothing)
-        fn = lambda seg: self.model.decode(seg[None], latent_filter=smooth)[0, 0]
-        out = chunked(fn, c, chunk // self.hop, context // self.hop, ratio=(self.hop, 1))
-        return out[:length].numpy() / gain
+
+        def decoded(latent_filter):
+            fn = lambda seg: self.model.decode(seg[None], latent_filter=latent_filter)[0, 0]
+            return chunked(fn, c, chunk // self.hop, context // self.hop, ratio=(self.hop, 1))[:length]
+
+        out = decoded(None)
+        if smoothing != 1:
+            smoothed = decoded(functools.partial(smooth_latent, frames=smoothing))
+            out = out + band_below(smoothed - out, SMOOTHED_BELOW_HZ, self.sample_rate)
+        return out.numpy() / gain
 
 
 def smooth_latent(z: Tensor, frames: int) -> Tensor:
     """``z`` (B, D, T) low-passed over time: each frame the Hann-weighted mean of the ``frames``
     (odd) around it, the ends repeated outwards; a constant latent is unchanged.
 
-    For codes a prior drew: averaging a few frames steadies the voice's harmonics (DNSMOS of the
-    pretrained prior's samples +0.36 at 7 frames, for 6 points fewer heard as the digit asked:
-    bursts and fricatives blur and take on the harmonics). An encoder's codes lose 1.0-1.3
-    PESQ-nb the same way, though their latent moves as far from frame to frame (presumably
-    the prior draws at random which way it moves, where an encoder follows one voice;
-    bench/RESULTS.md, twentieth session)."""
+    For codes a prior drew: averaging a few frames steadies the voice's harmonics, and DNSMOS
+    of the pretrained prior's samples rises by a third of a point. It also blurs the bursts and
+    fricatives and gives them harmonics, which costs 6 points of words heard as asked, so
+    ``Codec.decode`` keeps the smoothed sound only below ``SMOOTHED_BELOW_HZ``. An encoder's
+    codes lose 1.0-1.3 PESQ-nb when smoothed, though their latent moves as far from frame to
+    frame (presumably the prior draws at random which way it moves, where an encoder follows
+    one voice; bench/RESULTS.md, twentieth session)."""
     if frames < 1 or frames % 2 == 0:
         raise ValueError(f"smoothing needs an odd number of frames, got {frames}")
     if frames == 1:
@@ -138,6 +150,16 @@ def smooth_latent(z: Tensor, frames: int) -> Tensor:
     b, d, t = z.shape
     padded = F.pad(z.reshape(b * d, 1, t), (frames // 2, frames // 2), mode="replicate")
     return F.conv1d(padded, window).view(b, d, t)
+
+
+def band_below(x: Tensor, hz: float, sample_rate: int) -> Tensor:
+    """``x`` (T,) low-passed at ``hz``, zero-phase: a windowed-sinc FIR (Hamming, 6.25 ms each
+    side, unit gain at 0 Hz) centred on each sample, zeros beyond the ends."""
+    half = round(0.00625 * sample_rate)
+    n = torch.arange(-half, half + 1, dtype=torch.float64)
+    taps = torch.sinc(2 * hz / sample_rate * n) * torch.hamming_window(2 * half + 1, periodic=False, dtype=torch.float64)
+    taps = (taps / taps.sum()).to(x.dtype)
+    return F.conv1d(x.view(1, 1, -1), taps.view(1, 1, -1), padding=half).view(-1)
 
 
 def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int, context: int,

@@ -141,8 +141,8 @@ class PriorConfig:
     # vqaudio sample's default --candidates: draw this many per clip and keep the one the code
     # classifier (--stage classifier) finds most likely the label asked (needs conditional).
     candidates: int = 1
-    # vqaudio sample's default --smoothing: low-pass the drawn latent over this many frames
-    # (odd; 1 = off) before decoding, for steadier voices (codec.smooth_latent).
+    # vqaudio sample's default --smoothing: below 1 kHz, decode the drawn latent low-passed over
+    # this many frames (odd; 1 = off), for steadier voices (codec.smooth_latent).
     smoothing: int = 1
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding

@@ -37,8 +37,8 @@ class Controls:
     # likely its label (``pick_clearest``). 1 = the plain draw; None = the prior's own
     # default (prior.candidates of its recipe; 1 where it has none).
     candidates: int | None = None
-    # Sample smoothing: the drawn clip's latent low-passed over this many frames (odd) before
-    # the decoder (``codec.smooth_latent``; steadier voices, DNSMOS up). 1 = off; None = the
+    # Sample smoothing: below 1 kHz, the decode of the drawn clip's latent low-passed over this
+    # many frames (odd; ``Codec.decode``; steadier voices, DNSMOS up). 1 = off; None = the
     # prior's own default (prior.smoothing of its recipe; 1 where it has none).
     smoothing: int | None = None
 
