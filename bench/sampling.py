@@ -182,14 +182,6 @@ def likelihood(prior, config, codec) -> None:
 # -- (c) what listeners make of the samples ---------------------------------------------------
 
 
-def validation_digits(config) -> list[Path]:
-    """The prior's validation recordings (its recipe's [prior_data] split), digits only."""
-    from vqaudio.listeners import digit_label
-
-    _, val_files = prior_validation_files(config)
-    return [f for f in val_files if digit_label(f) is not None]
-
-
 def listen(clips: list[np.ndarray], asked: list[int | None], sample_rate: int) -> dict[str, float]:
     """Mean DNSMOS OVRL of ``clips``; the share recognised as the digit asked for (where one
     was asked) and the share recognised as any digit at all."""
@@ -207,20 +199,23 @@ def listen(clips: list[np.ndarray], asked: list[int | None], sample_rate: int) -
             "some": float(np.mean(some)), "heard": heard}
 
 
-def real_rows(codec, config, limit: int, seconds: float, pad_seconds: float) -> dict[str, dict[str, float]]:
+def real_rows(codec, config, limit: int, seconds: float) -> dict[str, dict[str, float]]:
     """The ceiling the samples are judged against: ``limit`` of the prior's validation digits
-    (spread evenly over the sorted list: every speaker and digit) as recorded, and
-    resynthesised by the codec at the prior's levels (its bitrate). Each both at its own length
-    and framed as the samples are: ``pad_seconds`` of silence before it (what the prior learnt
-    to draw), then silence to ``seconds`` in all, coded framed. DNSMOS scores the share of a
+    (its recipe's [prior_data] split, spread evenly over the sorted list: every speaker and
+    digit) as recorded, and resynthesised by the codec at the prior's levels (its bitrate).
+    Each both at its own length and framed as the samples are: the recipe's
+    ``prior.pad_seconds`` of silence before it (what the prior learnt to draw), then silence to
+    ``seconds`` in all, coded framed. DNSMOS scores the share of a
     clip that is speech (a 0.5-s word alone scores about 0.2 higher than the same word in 2 s),
     so only the framed rows compare like with like."""
     from vqaudio.audio_io import read_audio
     from vqaudio.listeners import digit_label
 
-    files = validation_digits(config)
+    recipe, val_files = prior_validation_files(config)
+    files = [f for f in val_files if digit_label(f) is not None]
     files = [files[i] for i in np.linspace(0, len(files) - 1, min(limit, len(files))).round().astype(int)]
     originals = [read_audio(f, codec.sample_rate)[0] for f in files]
+    pad_seconds = recipe.prior.pad_seconds
     length, lead = round(seconds * codec.sample_rate), round(pad_seconds * codec.sample_rate)
     framed = [np.pad(x[: length - lead], (lead, max(0, length - lead - len(x)))) for x in originals]
     labels = [digit_label(f) for f in files]
@@ -288,8 +283,7 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
         name = f"{model or 'pretrained'}"
         if real_files and codec.config["model_id"] not in seen_codecs:  # 0: samples only
             seen_codecs.add(codec.config["model_id"])
-            pad_seconds = prior_validation_files(config)[0].prior.pad_seconds
-            for row, r in real_rows(codec, config, real_files, seconds, pad_seconds).items():
+            for row, r in real_rows(codec, config, real_files, seconds).items():
                 print(f"| {row} | | {r['n']} | {r['asked']:.0%} | {r['some']:.0%} | {r['ovrl']:.2f} |", flush=True)
                 heard.append((row, r["heard"]))
         for text in controls_list:
