@@ -202,7 +202,7 @@ class AudioPriorStage:
         frames = math.ceil(seconds * self.codec.config["frames_per_second"])
         codes = self.model.generate(num, frames, controls, labels).cpu()
         length = round(seconds * self.codec.sample_rate)
-        return [self.codec.decode(c.numpy(), length, smoothing=controls.smoothing or 1) for c in codes]
+        return [self.codec.decode(c.numpy(), length, smoothing=controls.smoothing) for c in codes]
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
         save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels), extra)
