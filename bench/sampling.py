@@ -103,7 +103,7 @@ def speed(codec, prior, prior_dir, config, args) -> None:
         return reference_sample(sequence_logits_fn(prior, labels, controls.guidance), (frames, prior.levels), 1, controls)
 
     def cached_and_decode():  # what `vqaudio sample` does: best of prior.candidates, then decode
-        return codec.decode(draw_codes(prior, 1, frames, controls, labels, classifier)[0].numpy(), length,
+        return codec.decode(draw_codes(prior, 1, frames, controls, labels, classifier, codec=codec)[0].numpy(), length,
                             smoothing=controls.smoothing)
 
     for fn in (cached, reference, cached_and_decode):  # warm-up
@@ -242,7 +242,7 @@ def sample_row(codec, prior, config, controls, per_label: int, seconds: float, c
     for label in vocab or [None]:
         n = per_label if vocab else 10 * per_label
         ids = torch.full((n,), vocab.index(label), dtype=torch.long) if vocab else None
-        codes = draw_codes(prior, n, frames, controls, ids, classifier)
+        codes = draw_codes(prior, n, frames, controls, ids, classifier, codec=codec)
         clips += [np.clip(codec.decode(c.numpy(), length, smoothing=controls.smoothing), -1, 1) for c in codes]
         asked += [int(label) if label is not None and label.isdigit() else None] * n
     return listen(clips, asked, codec.sample_rate)
@@ -250,11 +250,12 @@ def sample_row(codec, prior, config, controls, per_label: int, seconds: float, c
 
 def parse_controls(text: str):
     """"t=0.8,k=50,p=0.9,g=3,n=4,s=5" -> Controls (t temperature, k top-k, p top-p, g guidance,
-    n candidates, s smoothing; unnamed keep the defaults, guidance, candidates and smoothing the
-    prior's own)."""
+    n candidates, s smoothing, e end silence; unnamed keep the defaults, guidance, candidates,
+    smoothing and end silence the prior's own)."""
     from vqaudio.priors.sampling import Controls
 
-    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance", "n": "candidates", "s": "smoothing"}
+    names = {"t": "temperature", "k": "top_k", "p": "top_p", "g": "guidance", "n": "candidates", "s": "smoothing",
+             "e": "end_silence"}
     kwargs = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
@@ -291,7 +292,8 @@ def quality(models: list[str | None], controls_list: list[str], per_label: int, 
             controls = with_prior_defaults(parse_controls(text), config)
             if not text:
                 text = (f"defaults (guidance {controls.guidance:g}, temperature {controls.temperature:g}, "
-                        f"best of {controls.candidates}, smoothing {controls.smoothing})")
+                        f"best of {controls.candidates}, smoothing {controls.smoothing}, "
+                        f"end silence {controls.end_silence:g} s)")
             r = sample_row(codec, prior, config, controls, per_label, seconds, classifier)
             asked = f"{r['asked']:.0%}" if r["asked"] == r["asked"] else "–"
             print(f"| {name} | {text or 'defaults'} | {r['n']} | {asked} | {r['some']:.0%} | {r['ovrl']:.2f} |"

@@ -270,6 +270,12 @@ def test_sample_writes_wavs_of_the_exact_duration(run_dir, tmp_path):
     expected = generate_clips(codec, prior, config, 0.77, 1, controls, torch.tensor([3]))[0]
     np.testing.assert_allclose(sf.read(again)[0], expected, atol=1e-4)
     assert np.abs(expected - waves[0]).max() > 3e-4  # more than the 16-bit rounding allclose forgives
+    # --end-silence: the CLI passes it on to the draw (vqaudio/utterance.py; tests/test_utterance.py)
+    vqaudio("sample", "--model", run_dir, "--seconds", "0.77", "-o", again, "--label", "3", "--seed", "4",
+            "--top-k", "8", "--temperature", "0.9", "--end-silence", "0.05")
+    controls = with_prior_defaults(Controls(seed=4, top_k=8, temperature=0.9, end_silence=0.05), config)
+    expected = generate_clips(codec, prior, config, 0.77, 1, controls, torch.tensor([3]))[0]
+    np.testing.assert_allclose(sf.read(again)[0], expected, atol=1e-4)
     vqaudio("sample", "--model", run_dir / "prior", "-o", tmp_path / "one.wav", "--seconds", "0.5")
     assert sf.info(tmp_path / "one.wav").frames == 4000
 
@@ -301,7 +307,8 @@ def test_classifier_stage_then_best_of_n_keeps_one_of_its_candidates(run_dir, tm
 
 @pytest.mark.parametrize("case", ["no_prior", "unknown_label", "zero_seconds", "negative_seconds",
                                   "missing_model", "bad_top_p", "missing_folder", "not_wav", "bad_guidance",
-                                  "unguidable", "no_candidates", "no_classifier", "even_smoothing"])
+                                  "unguidable", "no_candidates", "no_classifier", "even_smoothing",
+                                  "negative_end_silence"])
 def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     import shutil
 
@@ -312,7 +319,7 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
             "missing_folder": ["-o", tmp_path / "no" / "s.wav"], "not_wav": ["-o", tmp_path / "s.mp3"],
             "bad_guidance": ["--guidance", "-1"], "unguidable": ["--guidance", "2", "--label", "3"],
             "no_candidates": ["--candidates", "0"], "no_classifier": ["--candidates", "2", "--label", "3"],
-            "even_smoothing": ["--smoothing", "4"]}[case]
+            "even_smoothing": ["--smoothing", "4"], "negative_end_silence": ["--end-silence", "-0.1"]}[case]
     if case == "no_prior":
         shutil.copytree(run_dir / "vqvae", tmp_path / "run" / "vqvae")
         args = ["--model", tmp_path / "run"]
@@ -331,7 +338,8 @@ def test_sample_bad_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, cas
                 "bad_guidance": "--guidance must be 0 or more", "unguidable": "trained without prior.label_dropout",
                 "no_candidates": "--candidates must be 1 or more",
                 "no_classifier": "needs the code classifier that ranks the candidates",
-                "even_smoothing": "--smoothing must be an odd number of frames"}[case]
+                "even_smoothing": "--smoothing must be an odd number of frames",
+                "negative_end_silence": "--end-silence must be 0 (off) or a number of seconds"}[case]
     assert expected in lines[0]
     assert sorted(tmp_path.rglob("*")) == before
 

@@ -98,6 +98,7 @@ def write(tmp_path, text):
     ("[prior]\ncandidates = 0\n", "'prior.candidates' must be 1 or more"),
     ("[prior]\ncandidates = 4\n", "'prior.candidates' keeps the candidate most clearly its label"),
     ("[prior]\nsmoothing = 4\n", "'prior.smoothing' must be an odd number of frames"),
+    ("[prior]\nend_silence = -0.2\n", "'prior.end_silence' must be 0 (off) or a number of seconds"),
     ("[prior_train]\ndecoder_only = true\n", "unknown key 'prior_train.decoder_only'"),
 ])
 def test_bad_recipes_name_file_section_and_key(tmp_path, text, message):

@@ -84,7 +84,7 @@ def test_plain_autoencoder_baseline_trains_without_a_prior(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["wrong_size", "rgb", "not_an_image", "missing", "sample_wav_name",
-                                  "candidates", "smoothing"])
+                                  "candidates", "smoothing", "end_silence"])
 def test_bad_image_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case):
     if case == "wrong_size":
         args = ["resynth", glyph(tmp_path / "g.png", size=32)]
@@ -101,6 +101,8 @@ def test_bad_image_inputs_are_one_line_and_write_nothing(run_dir, tmp_path, case
         args = ["sample", "--candidates", "2", "-o", tmp_path / "s.png"]
     elif case == "smoothing":  # smoothing over time is for audio priors
         args = ["sample", "--smoothing", "3", "-o", tmp_path / "s.png"]
+    elif case == "end_silence":  # ending a clip after its utterance is for audio priors
+        args = ["sample", "--end-silence", "0.2", "-o", tmp_path / "s.png"]
     else:
         args = ["sample", "-o", tmp_path / "s.wav"]
     before = sorted(tmp_path.rglob("*"))

@@ -122,16 +122,18 @@ def test_frame_stacked_samplers_equal_the_reference():
 
 
 def test_prior_defaults_fill_only_the_controls_left_open():
-    """``vqaudio sample`` leaves guidance, temperature, candidates and smoothing to the prior's
-    recipe unless given; priors saved before those settings existed sample at 1 each; without a
-    prior, temperature 1. Smoothing must be an odd number of frames."""
-    config = {"recipe": {"prior": {"guidance": 3.0, "temperature": 0.7, "candidates": 4, "smoothing": 5}}}
+    """``vqaudio sample`` leaves guidance, temperature, candidates, smoothing and end silence to
+    the prior's recipe unless given; priors saved before those settings existed sample at 1 each
+    and to the clip's end; without a prior, temperature 1. Smoothing must be an odd number of
+    frames."""
+    config = {"recipe": {"prior": {"guidance": 3.0, "temperature": 0.7, "candidates": 4, "smoothing": 5,
+                                   "end_silence": 0.15}}}
     assert with_prior_defaults(Controls(seed=4), config) == Controls(seed=4, guidance=3.0, temperature=0.7,
-                                                                     candidates=4, smoothing=5)
-    given = Controls(guidance=1.0, temperature=0.0, candidates=1, smoothing=1)
+                                                                     candidates=4, smoothing=5, end_silence=0.15)
+    given = Controls(guidance=1.0, temperature=0.0, candidates=1, smoothing=1, end_silence=0.0)
     assert with_prior_defaults(given, config) == given
-    assert with_prior_defaults(Controls(), {"recipe": {"prior": {}}}) == Controls(guidance=1.0, temperature=1.0,
-                                                                                    candidates=1, smoothing=1)
+    assert with_prior_defaults(Controls(), {"recipe": {"prior": {}}}) == Controls(
+        guidance=1.0, temperature=1.0, candidates=1, smoothing=1, end_silence=0.0)
     assert Controls().check().temperature == 1.0
     for frames in (0, 2, -3):
         with pytest.raises(VqaudioError, match="--smoothing must be an odd number of frames"):

@@ -185,6 +185,9 @@ def sample(
     smoothing: Annotated[Optional[int], typer.Option(
         "--smoothing", help="Below 1 kHz, decode the drawn codes' latent low-passed over this many "
                             "frames (odd): steadier voices (1 = off; default: the prior's prior.smoothing).")] = None,
+    end_silence: Annotated[Optional[float], typer.Option(
+        "--end-silence", help="End each clip with its first utterance: once this many seconds of quiet "
+                              "follow it, the rest is silence (0 = off; default: the prior's prior.end_silence).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON lines.")] = False,
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="Instead of -o: write a listening report to this new folder, --num clips "
@@ -200,7 +203,7 @@ def sample(
         from vqaudio.priors.sampling import Controls
 
         controls = Controls(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, guidance=guidance,
-                            candidates=candidates, smoothing=smoothing)
+                            candidates=candidates, smoothing=smoothing, end_silence=end_silence)
         if report is not None:
             from vqaudio.report import sample_report
 

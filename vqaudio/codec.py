@@ -95,6 +95,19 @@ class Codec:
         hop, sr = self.hop, self.sample_rate
         return (round(CHUNK_SECONDS * sr / hop) * hop, max(1, round(CONTEXT_SECONDS * sr / hop)) * hop)
 
+    @functools.cached_property
+    def code_vectors(self) -> list[np.ndarray]:
+        """Each quantizer level's code vectors (K, D) float32."""
+        k = self.config["num_codes"]
+        with torch.no_grad():
+            return [vq.lookup(torch.arange(k)).numpy() for vq in self.model.quantizer.levels]
+
+    @functools.cached_property
+    def silence_codes(self) -> np.ndarray:
+        """The codes the VQ-VAE gives a silent frame far from any edge (levels,)."""
+        frames = self.encode(np.zeros(self.hop * 64, dtype=np.float32), self.max_levels)
+        return frames[len(frames) // 2]
+
     @torch.no_grad()
     def resynth(self, wav: np.ndarray, levels: int) -> np.ndarray:
         g = self.gain(float(np.abs(wav).max(initial=0)))

@@ -144,6 +144,9 @@ class PriorConfig:
     # vqaudio sample's default --smoothing: below 1 kHz, decode the drawn latent low-passed over
     # this many frames (odd; 1 = off), for steadier voices (codec.smooth_latent).
     smoothing: int = 1
+    # vqaudio sample's default --end-silence: end each clip with its first utterance, once this
+    # many seconds of quiet follow it (0 = off; vqaudio/utterance.py).
+    end_silence: float = 0.0
     sequence_frames: int = 128  # length of the training crops of code sequences
     pad_seconds: float = 0.25  # silence added before and after each file before encoding
     # Speed perturbation of the prior's training files (validation files stay as they are):
@@ -480,6 +483,8 @@ def validate(r: Recipe | ImageRecipe) -> None:
                   "label-conditioned prior: set prior.conditional = true or prior.candidates = 1")
     if r.prior.smoothing < 1 or r.prior.smoothing % 2 == 0:
         raise bad("prior.smoothing", f"must be an odd number of frames (1 = off, e.g. 5), got {r.prior.smoothing}")
+    if not (r.prior.end_silence >= 0 and math.isfinite(r.prior.end_silence)):
+        raise bad("prior.end_silence", f"must be 0 (off) or a number of seconds, got {r.prior.end_silence}")
     if r.prior.sequence_frames < 2:
         raise bad("prior.sequence_frames", f"must be at least 2, got {r.prior.sequence_frames}")
     if not r.prior.train_speeds or not all(0.5 <= s <= 2 for s in r.prior.train_speeds):

@@ -17,6 +17,7 @@ from vqaudio.checkpoint import read_config, same_codes
 from vqaudio.codec import PRETRAINED, load_codec
 from vqaudio.errors import VqaudioError
 from vqaudio.priors.sampling import Controls, candidate_seeds, pick_clearest, with_prior_defaults
+from vqaudio.utterance import utterance_ends
 
 
 def resolve_run(model: str | Path | None) -> tuple[Path, Path]:
@@ -65,6 +66,9 @@ def sample(model: str | Path | None, seconds: float = 2.0, num: int = 1, output:
         if controls.smoothing != 1:
             raise VqaudioError(f"--smoothing {controls.smoothing}: smooths audio over time, for audio priors "
                                "only; leave out --smoothing for an image model")
+        if controls.end_silence:
+            raise VqaudioError(f"--end-silence {controls.end_silence:g}: ends audio clips after their first "
+                               "utterance, for audio priors only; leave out --end-silence for an image model")
 
         output = output or Path("samples.png")
         check_output_path(output, f"-o {output}")
@@ -134,19 +138,23 @@ def generate_clips(codec, prior, config: dict, seconds: float, num: int, control
         raise VqaudioError(f"--seconds {seconds:g} is shorter than one sample at {codec.sample_rate} Hz; "
                            f"ask for at least {1 / codec.sample_rate:g} s")
     bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
-    codes = draw_codes(prior, num, frames, controls, labels, classifier, progress=lambda t: bar.update(t - bar.n))
+    codes = draw_codes(prior, num, frames, controls, labels, classifier, progress=lambda t: bar.update(t - bar.n),
+                       codec=codec)
     bar.close()
     return [np.clip(codec.decode(c.numpy(), length, smoothing=controls.smoothing or 1), -1.0, 1.0) for c in codes]
 
 
 def draw_codes(prior, num: int, frames: int, controls: Controls, labels: torch.Tensor | None,
-               classifier=None, progress=None) -> torch.Tensor:
+               classifier=None, progress=None, codec=None) -> torch.Tensor:
     """(num, frames, L) codes. With ``controls.candidates`` = N > 1, N candidates a clip are
     drawn in one batch (candidate 0 is the plain draw) and the one ``classifier``
-    (priors/classifier.py) finds most likely the clip's label is kept: only that one is decoded."""
+    (priors/classifier.py) finds most likely the clip's label is kept: only that one is decoded.
+    With ``controls.end_silence`` > 0 every candidate ends with its first utterance
+    (``vqaudio.utterance``, from ``codec``'s code vectors) before it is ranked, and the draw
+    stops once all have ended."""
     n = controls.candidates or 1
     if n == 1:
-        return prior.generate(num, frames, controls, labels, progress)
+        return _draw_to_end(prior, num, frames, controls, labels, progress, None, codec)
     if labels is None:
         raise VqaudioError(f"--candidates {n}: keeps the candidate most likely its label, so it needs a "
                            "label-conditioned prior; use --candidates 1")
@@ -154,11 +162,20 @@ def draw_codes(prior, num: int, frames: int, controls: Controls, labels: torch.T
         raise VqaudioError(f"--candidates {n}: needs the code classifier that ranks the candidates "
                            "(classifier/ beside prior/); train it with 'vqaudio train RECIPE --stage "
                            "classifier --out RUN', or use --candidates 1")
-    codes = prior.generate(n * num, frames, controls, labels.repeat(n), progress,
-                           seeds=candidate_seeds(controls.seed, num, n))
+    codes = _draw_to_end(prior, n * num, frames, controls, labels.repeat(n), progress,
+                         candidate_seeds(controls.seed, num, n), codec)
     with torch.no_grad():
         log_probs = classifier(codes).log_softmax(-1)
     return pick_clearest(codes, log_probs, labels, n)
+
+
+def _draw_to_end(prior, rows: int, frames: int, controls: Controls, labels, progress, seeds, codec) -> torch.Tensor:
+    """``prior.generate``, each row cut after its first utterance when ``controls.end_silence`` asks."""
+    if not controls.end_silence:
+        return prior.generate(rows, frames, controls, labels, progress, seeds=seeds)
+    ends = utterance_ends(codec, rows, controls.end_silence)
+    codes = prior.generate(rows, frames, controls, labels, progress, seeds=seeds, until=ends.update)
+    return torch.from_numpy(ends.cut(codes.cpu().numpy())).to(codes.device)
 
 
 def check_seconds(seconds: float) -> None:

@@ -238,7 +238,7 @@ def sample_report(model: Path | None, seconds: float, num: int, controls, label:
         sections.append(Section(f"label {name}" if name is not None else "samples", clips))
     notes = [f"Model {vqvae_dir.parent} at {codec.sample_rate} Hz: {num} clip{'s' if num > 1 else ''} "
              f"of {seconds:g} s per label, temperature {controls.temperature:g}, top-k {controls.top_k}, "
-             f"top-p {controls.top_p:g}, guidance {controls.guidance:g}, best of {controls.candidates}, smoothing {controls.smoothing}, seed {controls.seed}; decoded at {kbps:.3g} kb/s "
+             f"top-p {controls.top_p:g}, guidance {controls.guidance:g}, best of {controls.candidates}, smoothing {controls.smoothing}, end silence {controls.end_silence:g} s, seed {controls.seed}; decoded at {kbps:.3g} kb/s "
              f"({config['levels']} levels).",
              "DNSMOS P.835 (1–5) and whether PocketSphinx recognises the label as a spoken digit."
              if listeners else "DNSMOS and digit recognition were not measured (--no-listeners)."]

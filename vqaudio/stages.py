@@ -20,6 +20,7 @@ from vqaudio.config import DataConfig, PriorDataConfig, Recipe
 from vqaudio.data.audio import AudioDataset, label_of, split_files
 from vqaudio.data.codes import CodeCrops, CodeSequences, encode_files
 from vqaudio.errors import VqaudioError
+from vqaudio.generate import draw_codes
 from vqaudio.losses import (ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
                             generator_adversarial_loss)
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
@@ -149,8 +150,7 @@ def audio_vqvae_stage(recipe: Recipe):
 def code_vectors(codec: Codec) -> list[Tensor]:
     """Each quantizer level's code vectors (K, D): where the prior's and the classifier's code
     embeddings start."""
-    k = codec.config["num_codes"]
-    return [vq.lookup(torch.arange(k)) for vq in codec.model.quantizer.levels]
+    return [torch.from_numpy(v) for v in codec.code_vectors]
 
 
 class AudioPriorStage:
@@ -186,7 +186,7 @@ class AudioPriorStage:
         for k, v in metrics.items():
             writer.add_scalar(f"{self.name}/val/{k}", v, step)
         controls = Controls(seed=step, guidance=self.recipe.prior.guidance, temperature=self.recipe.prior.temperature,
-                            smoothing=self.recipe.prior.smoothing)
+                            smoothing=self.recipe.prior.smoothing, end_silence=self.recipe.prior.end_silence)
         for i, wav in enumerate(self.sample(2, self.recipe.prior.sample_seconds, controls)):
             tag = f"label_{self.labels[i % len(self.labels)]}" if self.labels else str(i)
             wav = np.clip(wav, -1, 1)
@@ -200,7 +200,7 @@ class AudioPriorStage:
     def sample(self, num: int, seconds: float, controls: Controls) -> list[np.ndarray]:
         labels = torch.arange(num) % len(self.labels) if self.labels else None
         frames = math.ceil(seconds * self.codec.config["frames_per_second"])
-        codes = self.model.generate(num, frames, controls, labels).cpu()
+        codes = draw_codes(self.model, num, frames, controls, labels, codec=self.codec).cpu()
         length = round(seconds * self.codec.sample_rate)
         return [self.codec.decode(c.numpy(), length, smoothing=controls.smoothing) for c in codes]
 

@@ -86,10 +86,6 @@ class CodeCrops(Dataset):
         return codes, torch.tensor(self.sequences.labels[i]), mask
 
 
-def silence_codes(codec: Codec) -> np.ndarray:
-    """The codes the VQ-VAE gives a silent frame far from any edge (levels,)."""
-    frames = codec.encode(np.zeros(codec.hop * 64, dtype=np.float32), codec.max_levels)
-    return frames[len(frames) // 2]
 
 
 def _key(codec: Codec, files: list[Path], pad_seconds: float, speeds: Sequence[float]) -> str:
@@ -134,7 +130,7 @@ def encode_files(codec: Codec, files: list[Path], labels: list[int], pad_seconds
         for speed in speeds:
             seqs.append(codec.encode(np.concatenate([pad, change_speed(wav, speed, codec.sample_rate), pad]),
                                      codec.max_levels))
-    silence = silence_codes(codec)
+    silence = codec.silence_codes
     if cache is not None:
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as fh:

@@ -41,6 +41,10 @@ class Controls:
     # many frames (odd; ``Codec.decode``; steadier voices, DNSMOS up). 1 = off; None = the
     # prior's own default (prior.smoothing of its recipe; 1 where it has none).
     smoothing: int | None = None
+    # End each clip with its first utterance: once this many seconds of quiet follow it, the
+    # rest is silence (vqaudio/utterance.py). 0 = off; None = the prior's own default
+    # (prior.end_silence of its recipe; 0 where it has none).
+    end_silence: float | None = None
 
     @property
     def guided(self) -> bool:
@@ -63,6 +67,8 @@ class Controls:
             raise VqaudioError(f"--candidates must be 1 or more, got {self.candidates}")
         if self.smoothing is not None and (self.smoothing < 1 or self.smoothing % 2 == 0):
             raise VqaudioError(f"--smoothing must be an odd number of frames (1 = off, e.g. 5), got {self.smoothing}")
+        if self.end_silence is not None and not (self.end_silence >= 0 and math.isfinite(self.end_silence)):
+            raise VqaudioError(f"--end-silence must be 0 (off) or a number of seconds, got {self.end_silence}")
         return self
 
 
@@ -81,16 +87,18 @@ def drop_labels(labels: Tensor, rate: float, null: int) -> Tensor:
 
 
 def with_prior_defaults(controls: Controls, prior_config: dict) -> Controls:
-    """``controls`` with guidance, temperature, candidates and smoothing left as None replaced
-    by the prior's own defaults: ``prior.guidance``, ``prior.temperature``, ``prior.candidates``
-    and ``prior.smoothing`` of the recipe it was trained with (1 each, plain conditioning at
-    full temperature, one draw, no smoothing, for priors saved before they existed)."""
+    """``controls`` with guidance, temperature, candidates, smoothing and end_silence left as
+    None replaced by the prior's own defaults: ``prior.guidance``, ``prior.temperature``,
+    ``prior.candidates``, ``prior.smoothing`` and ``prior.end_silence`` of the recipe it was
+    trained with (plain conditioning at full temperature, one draw, no smoothing, clips drawn
+    to their end, for priors saved before they existed)."""
     p = prior_config["recipe"]["prior"]
     return replace(controls,
                    guidance=float(p.get("guidance", 1.0)) if controls.guidance is None else controls.guidance,
                    temperature=float(p.get("temperature", 1.0)) if controls.temperature is None else controls.temperature,
                    candidates=int(p.get("candidates", 1)) if controls.candidates is None else controls.candidates,
-                   smoothing=int(p.get("smoothing", 1)) if controls.smoothing is None else controls.smoothing)
+                   smoothing=int(p.get("smoothing", 1)) if controls.smoothing is None else controls.smoothing,
+                   end_silence=float(p.get("end_silence", 0.0)) if controls.end_silence is None else controls.end_silence)
 
 
 # Candidate j of the clip whose noise is seeded s draws from seed s + j·1,000,003: candidate 0

@@ -192,9 +192,11 @@ class WaveNetPrior(nn.Module):
     @torch.inference_mode()  # no autograd bookkeeping at all: ~10% faster than no_grad here
     def generate(self, batch: int, frames: int, controls: Controls = Controls(),
                  labels: Tensor | None = None, progress: Callable[[int], None] | None = None,
-                 seeds: list[int] | None = None) -> Tensor:
+                 seeds: list[int] | None = None, until: Callable[[np.ndarray], bool] | None = None) -> Tensor:
         """Sample ``(batch, frames, L)`` codes, one frame per pass through the layers; row b's
-        noise seeded ``controls.seed + b``, or ``seeds[b]`` when given.
+        noise seeded ``controls.seed + b``, or ``seeds[b]`` when given. ``until`` hears each code
+        frame as it is drawn ((batch, L) numpy); once it returns True the draw stops, and the
+        frames not drawn are left 0 (``vqaudio.utterance``: the clips have all ended).
 
         Draws use the same noise stream in the same order as ``reference_sample``, so the
         output equals the full-recompute reference for the same seed. On the CPU the frames
@@ -208,7 +210,7 @@ class WaveNetPrior(nn.Module):
         if device.type != "cpu":
             step = self.stepper(rows, labels)
             step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
-            return self._frames(self._generate(step, sampler, frames, progress), frames)
+            return self._frames(self._generate(step, sampler, frames, progress, until), frames)
         step = NumpyStepper(self, rows, labels)
         step = GuidedStep(step, batch, controls.guidance) if controls.guided else step
         # numpy's OpenBLAS splits a matmul of more than ~2^18 multiply-adds over its threads,
@@ -216,16 +218,16 @@ class WaveNetPrior(nn.Module):
         # of a batch of 8 took 150 ms a frame instead of 0.1 ms. The per-frame matmuls are
         # small; one thread is right for them on any machine.
         with blas().limit(limits=1, user_api="blas"):
-            return self._frames(torch.from_numpy(self._generate(step, sampler, frames, progress)), frames)
+            return self._frames(torch.from_numpy(self._generate(step, sampler, frames, progress, until)), frames)
 
     def _frames(self, codes: Tensor, frames: int) -> Tensor:
         """Steps (B, S, s·L) -> the first ``frames`` code frames (B, frames, L)."""
         return codes.reshape(codes.shape[0], -1, self.levels)[:, :frames]
 
-    def _generate(self, step, sampler: Sampler, frames: int, progress) -> Tensor | np.ndarray:
+    def _generate(self, step, sampler: Sampler, frames: int, progress, until=None) -> Tensor | np.ndarray:
         """The ancestral loop over steps and their levels, for a torch (``FrameStepper``) or a
         numpy (``NumpyStepper``) step: codes (B, ceil(frames/s), s·L) of the step's kind.
-        ``progress`` hears code frames done."""
+        ``progress`` hears code frames done, ``until`` each code frame (``generate``)."""
         steps, n = self._steps(frames), self.step_levels
         codes = step.new_codes(steps)
         for t in range(steps):
@@ -235,6 +237,10 @@ class WaveNetPrior(nn.Module):
             step.push(codes[:, t])
             if progress is not None:
                 progress(min((t + 1) * self.frame_stack, frames))
+            if until is not None:
+                drawn = codes[:, t] if isinstance(codes, np.ndarray) else codes[:, t].cpu().numpy()
+                if any([until(f) for f in drawn.reshape(len(drawn), self.frame_stack, self.levels).transpose(1, 0, 2)]):
+                    break
         return codes
 
 
