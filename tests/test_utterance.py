@@ -78,7 +78,9 @@ def test_a_draw_stopped_when_every_clip_has_ended_equals_the_full_draw_cut(frame
     for t in range(200):
         ends_full.update(full[:, t])
     ends = UtteranceEnds(VECTORS, SILENCE, 4, quiet_frames=6, loud_frames=2)
-    stopped = prior.generate(4, 200, controls, until=ends.update).numpy()
+    heard = []
+    stopped = prior.generate(4, 200, controls, until=ends.update, progress=heard.append).numpy()
+    assert heard[-1] == 200  # the progress bar ends full: the frames not drawn are decided
     assert (ends.ended >= 0).all() and ends.t < 200  # the draw stopped early
     assert not stopped[:, ends.t:].any()  # frames not drawn are left 0
     np.testing.assert_array_equal(ends.ended, ends_full.ended)

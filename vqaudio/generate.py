@@ -173,6 +173,8 @@ def _draw_to_end(prior, rows: int, frames: int, controls: Controls, labels, prog
     """``prior.generate``, each row cut after its first utterance when ``controls.end_silence`` asks."""
     if not controls.end_silence:
         return prior.generate(rows, frames, controls, labels, progress, seeds=seeds)
+    if codec is None:
+        raise ValueError("end_silence finds the end of an utterance from the codec's code vectors: pass codec")
     ends = utterance_ends(codec, rows, controls.end_silence)
     codes = prior.generate(rows, frames, controls, labels, progress, seeds=seeds, until=ends.update)
     return torch.from_numpy(ends.cut(codes.cpu().numpy())).to(codes.device)

@@ -240,6 +240,8 @@ class WaveNetPrior(nn.Module):
             if until is not None:
                 drawn = codes[:, t] if isinstance(codes, np.ndarray) else codes[:, t].cpu().numpy()
                 if any([until(f) for f in drawn.reshape(len(drawn), self.frame_stack, self.levels).transpose(1, 0, 2)]):
+                    if progress is not None:
+                        progress(frames)  # the frames not drawn are decided: the clips have ended
                     break
         return codes
 
