@@ -86,13 +86,12 @@ def main() -> None:
 
 
 def speed(codec, prior, prior_dir, config, args) -> None:
-    from vqaudio.generate import draw_codes, load_run_classifier
+    from vqaudio.generate import generate_clips, load_run_classifier
     from vqaudio.priors.sampling import Controls, reference_sample, with_prior_defaults
     from vqaudio.priors.wavenet import sequence_logits_fn
 
     labels = torch.tensor([config["labels"].index("7") if "7" in config["labels"] else 0]) if config["labels"] else None
     frames = math.ceil(args.seconds * config["frames_per_second"])
-    length = round(args.seconds * codec.sample_rate)
     controls = with_prior_defaults(Controls(seed=args.seed), config)  # as `vqaudio sample` draws
     classifier = load_run_classifier(Path(prior_dir), config, codec)
 
@@ -103,8 +102,7 @@ def speed(codec, prior, prior_dir, config, args) -> None:
         return reference_sample(sequence_logits_fn(prior, labels, controls.guidance), (frames, prior.levels), 1, controls)
 
     def cached_and_decode():  # what `vqaudio sample` does: best of prior.candidates, then decode
-        return codec.decode(draw_codes(prior, 1, frames, controls, labels, classifier, codec=codec)[0].numpy(), length,
-                            smoothing=controls.smoothing)
+        return generate_clips(codec, prior, config, args.seconds, 1, controls, labels, classifier=classifier)
 
     for fn in (cached, reference, cached_and_decode):  # warm-up
         fn()
@@ -233,17 +231,14 @@ def sample_row(codec, prior, config, controls, per_label: int, seconds: float, c
     """``per_label`` clips of ``seconds`` for every label (seeds ``controls.seed`` … +per_label-1,
     as ``vqaudio sample --num per_label --label d`` makes them), judged by the listeners. An
     unconditional prior gets ``10 * per_label`` clips and only the "any digit" share."""
-    from vqaudio.generate import draw_codes
+    from vqaudio.generate import generate_clips
 
     vocab = config["labels"]
-    frames = math.ceil(seconds * config["frames_per_second"])
-    length = round(seconds * codec.sample_rate)
     clips, asked = [], []
     for label in vocab or [None]:
         n = per_label if vocab else 10 * per_label
         ids = torch.full((n,), vocab.index(label), dtype=torch.long) if vocab else None
-        codes = draw_codes(prior, n, frames, controls, ids, classifier, codec=codec)
-        clips += [np.clip(codec.decode(c.numpy(), length, smoothing=controls.smoothing), -1, 1) for c in codes]
+        clips += generate_clips(codec, prior, config, seconds, n, controls, ids, classifier=classifier)
         asked += [int(label) if label is not None and label.isdigit() else None] * n
     return listen(clips, asked, codec.sample_rate)
 

@@ -139,7 +139,7 @@ def generate_clips(codec, prior, config: dict, seconds: float, num: int, control
                            f"ask for at least {1 / codec.sample_rate:g} s")
     bar = tqdm(total=frames, desc="sampling", unit="frame", disable=not (progress and sys.stderr.isatty()))
     codes = draw_codes(prior, num, frames, controls, labels, classifier, progress=lambda t: bar.update(t - bar.n),
-                       codec=codec)
+                       codec=codec).cpu()
     bar.close()
     return [np.clip(codec.decode(c.numpy(), length, smoothing=controls.smoothing or 1), -1.0, 1.0) for c in codes]
 

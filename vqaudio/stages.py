@@ -20,7 +20,7 @@ from vqaudio.config import DataConfig, PriorDataConfig, Recipe
 from vqaudio.data.audio import AudioDataset, label_of, split_files
 from vqaudio.data.codes import CodeCrops, CodeSequences, encode_files
 from vqaudio.errors import VqaudioError
-from vqaudio.generate import draw_codes
+from vqaudio.generate import generate_clips
 from vqaudio.losses import (ReconstructionLoss, discriminator_hinge_loss, feature_matching_loss,
                             generator_adversarial_loss)
 from vqaudio.metrics import perplexity, si_snr, unigram_entropy_bits
@@ -199,10 +199,7 @@ class AudioPriorStage:
 
     def sample(self, num: int, seconds: float, controls: Controls) -> list[np.ndarray]:
         labels = torch.arange(num) % len(self.labels) if self.labels else None
-        frames = math.ceil(seconds * self.codec.config["frames_per_second"])
-        codes = draw_codes(self.model, num, frames, controls, labels, codec=self.codec).cpu()
-        length = round(seconds * self.codec.sample_rate)
-        return [self.codec.decode(c.numpy(), length, smoothing=controls.smoothing) for c in codes]
+        return generate_clips(self.codec, self.model, self.codec.config, seconds, num, controls, labels)
 
     def save(self, directory: Path, extra: dict[str, bytes] | None = None) -> None:
         save_model_dir(directory, self.model, audio_prior_config(self.recipe, self.codec.config, self.labels), extra)

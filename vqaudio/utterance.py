@@ -35,7 +35,10 @@ class UtteranceEnds:
                  quiet_frames: int, loud_frames: int):
         if quiet_frames < 1:
             raise ValueError(f"quiet_frames must be 1 or more, got {quiet_frames}")
-        self.vectors, self.silence = code_vectors, np.asarray(silence)
+        self.silence = np.asarray(silence)
+        # each level's code vectors less the silence frame's: a frame's latent minus the
+        # silence latent is then the sum of its rows
+        self.vectors = [v - v[s] for v, s in zip(code_vectors, self.silence)]
         self.quiet_frames, self.loud_frames = quiet_frames, loud_frames
         self.peak = np.zeros(rows, np.float32)
         self.loud = np.zeros(rows, np.int64)  # loud frames so far
@@ -45,9 +48,7 @@ class UtteranceEnds:
 
     def update(self, frame: np.ndarray) -> bool:
         """``frame`` (rows, L) int codes of frame t; True once every clip has ended."""
-        levels = frame.shape[1]
-        z = sum(v[frame[:, l]] - v[self.silence[l]] for l, v in enumerate(self.vectors[:levels]))
-        distance = np.linalg.norm(z, axis=1)
+        distance = np.linalg.norm(sum(v[codes] for v, codes in zip(self.vectors, frame.T)), axis=1)
         np.maximum(self.peak, distance, out=self.peak)
         loud = (distance > LOUD_SHARE * self.peak) & (distance > 0)
         self.loud += loud
